@@ -1,0 +1,81 @@
+"""The config schema shared by every experiment, and its validation (before anything compiles).
+
+An experiment file in `experiments/` calls `base_config()` and sets what differs. Fields:
+
+  seed                      everything random (init, data order, augmentation) derives from it
+  model.name                key of `igc_jax.models.MODELS`; the other `model.*` fields are its kwargs
+  dataset.name              cifar10 | cifar100 | svhn_cropped | imagenet2012 | digits | arrays
+  dataset.data_dir          TFDS data dir (default $TFDS_DATA_DIR) or the .npz folder for `arrays`
+  dataset.num_classes       classes of the labels
+  dataset.image_size        side of the square input the network sees
+  dataset.normalization     name of the mean/std constants (spec §4), e.g. "cifar10"
+  dataset.augment           training augmentation: "cifar" | "imagenet" | "none"
+  batch_size, eval_batch_size   global batch sizes (divided over processes and devices)
+  num_epochs | num_train_steps  training length (steps win when > 0)
+  learning_rate, momentum, nesterov, weight_decay   SGD as spec §4 (L2 added to every gradient)
+  lr_schedule               "cifar" (×0.1 at 1/2, 3/4, 7/8) | "imagenet" (×0.1 every 30 epochs) | "constant"
+  warmup_epochs             linear warmup before the schedule
+  dtype                     compute dtype: "float32" | "bfloat16" (params and BN stats stay float32)
+  conv_mode                 IGC computation mode (`auto` or a key of igc_jax.ops.MODES)
+  log_every_steps, eval_every_steps (0: every epoch), checkpoint_every_steps, keep_checkpoints
+  max_train_seconds         stop (with a checkpoint) after this much training time; 0: no limit
+"""
+from __future__ import annotations
+
+import ml_collections
+
+DATASETS = ("cifar10", "cifar100", "svhn_cropped", "imagenet2012", "digits", "arrays")
+LR_SCHEDULES = ("cifar", "imagenet", "constant")
+DTYPES = ("float32", "bfloat16")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = ml_collections.ConfigDict({"name": ""})
+    c.dataset = ml_collections.ConfigDict({
+        "name": "cifar10",
+        "data_dir": "",
+        "num_classes": 10,
+        "image_size": 32,
+        "normalization": "cifar10",
+        "augment": "cifar",
+        "num_workers": 0,
+    })
+    c.batch_size = 64
+    c.eval_batch_size = 500
+    c.num_epochs = 400.0
+    c.num_train_steps = -1
+    c.learning_rate = 0.1
+    c.momentum = 0.9
+    c.nesterov = True
+    c.weight_decay = 1e-4
+    c.lr_schedule = "cifar"
+    c.warmup_epochs = 0.0
+    c.dtype = "float32"
+    c.conv_mode = "auto"
+    c.log_every_steps = 100
+    c.eval_every_steps = 0
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.max_train_seconds = 0.0
+    return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raise ValueError with a one-line message on the first problem found."""
+    # Imported here: models import layers, and this module must stay importable by configs alone.
+    from igc_jax import models
+
+    if config.dataset.name not in DATASETS:
+        raise ValueError(f"unknown dataset {config.dataset.name!r}; choose from {', '.join(DATASETS)}")
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
+    if config.dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {config.dtype!r}; choose from {', '.join(DTYPES)}")
+    for key in ("batch_size", "eval_batch_size"):
+        if config[key] <= 0:
+            raise ValueError(f"{key} must be positive, got {config[key]}")
+    if config.num_train_steps <= 0 and config.num_epochs <= 0:
+        raise ValueError("set num_epochs > 0 or num_train_steps > 0")
+    models.validate_model_config(config.model, num_classes=config.dataset.num_classes)

@@ -1,0 +1,85 @@
+"""`IGCConv`: the interleaved group convolution as a Flax linen module (spec §1).
+
+It holds exactly two parameters, the compact grouped kernels of the primary (kh×kw, L groups) and
+secondary (1×1, M groups) convolutions, and computes the layer with any mode of `igc_jax.ops`.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from igc_jax import kernels, ops
+
+# He-normal, std = sqrt(2 / fan_in), fan_in = (C_in / groups)·kh·kw (spec §2); not truncated.
+he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def same_padding(kernel_size: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """Symmetric padding k // 2 on each side, as the official MXNet code (pad=1 for 3×3)."""
+    return tuple((k // 2, k // 2) for k in kernel_size)
+
+
+def check_igc_shape(c_in: int, features: int, L: int, M: int, kernel_size: Sequence[int],
+                    strides: Sequence[int]) -> None:
+    """Raise ValueError naming the numbers when an IGC layer of these sizes cannot exist."""
+    if L <= 0 or M <= 0:
+        raise ValueError(f"IGC layer: L={L} and M={M} must be positive")
+    if c_in % L:
+        raise ValueError(f"IGC layer: {c_in} input channels are not divisible by L={L}")
+    if features % L:
+        raise ValueError(f"IGC layer: {features} output channels are not divisible by L={L}")
+    if features % M:
+        raise ValueError(
+            f"IGC layer: {features} output channels are not divisible into M={M} secondary groups")
+    if len(kernel_size) != 2 or any(k < 1 or k % 2 == 0 for k in kernel_size):
+        raise ValueError(f"IGC layer: kernel size {tuple(kernel_size)} must be two odd sizes ≥ 1")
+    if len(strides) != 2 or any(s < 1 for s in strides):
+        raise ValueError(f"IGC layer: strides {tuple(strides)} must be two integers ≥ 1")
+
+
+class IGCConv(nn.Module):
+    """Primary group conv (L groups) → shuffle(L) → secondary 1×1 group conv (M groups) → shuffle(M).
+
+    Attributes:
+      features: output width C (= L·M in the paper's layers).
+      L: number of primary groups.
+      M: number of secondary groups; default C / L. The official CIFAR residual code uses C_in / L in
+        the first layer of a downsampling unit (spec §2's quirk), which is why it is separate.
+      sum_fusion: fix the secondary kernel to all-ones blocks (SumFusion); then it is no parameter.
+      mode: `auto`, or a key of `igc_jax.ops.MODES`; every mode gives the same output and gradients.
+    """
+    features: int
+    L: int
+    M: int | None = None
+    kernel_size: Sequence[int] = (3, 3)
+    strides: Sequence[int] = (1, 1)
+    padding: Sequence[tuple[int, int]] | None = None
+    sum_fusion: bool = False
+    mode: str = "auto"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @property
+    def secondary_groups(self) -> int:
+        return self.M if self.M is not None else self.features // self.L
+
+    @nn.compact
+    def __call__(self, x):
+        c_in = x.shape[-1]
+        M = self.secondary_groups
+        check_igc_shape(c_in, self.features, self.L, M, self.kernel_size, self.strides)
+        kh, kw = self.kernel_size
+        primary = self.param("primary", he_normal, (kh, kw, c_in // self.L, self.features),
+                             self.param_dtype)
+        if self.sum_fusion:
+            secondary = kernels.sum_fusion_kernel(self.features, M, self.param_dtype)
+        else:
+            secondary = self.param("secondary", he_normal, (1, 1, self.features // M, self.features),
+                                   self.param_dtype)
+        dtype = self.dtype or x.dtype
+        padding = self.padding if self.padding is not None else same_padding(self.kernel_size)
+        return ops.igc_apply(x.astype(dtype), primary.astype(dtype), secondary.astype(dtype),
+                             L=self.L, M=M, strides=tuple(self.strides), padding=padding,
+                             mode=self.mode)

@@ -1,0 +1,45 @@
+"""One mesh over every device of every process, with a single `data` axis.
+
+The batch is sharded along `data`, the training state is replicated. Host batches become global
+`jax.Array`s with `jax.make_array_from_process_local_data`, so nothing is transferred implicitly.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices=None) -> Mesh:
+    devices = np.asarray(devices if devices is not None else jax.devices())
+    return Mesh(devices.reshape(-1), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over `data`; the other axes whole."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_batch_size(global_batch: int, mesh: Mesh, what: str = "batch_size") -> int:
+    """The per-process batch; ValueError when the global batch does not split evenly."""
+    n_dev, n_proc = mesh.devices.size, jax.process_count()
+    if global_batch % n_dev:
+        raise ValueError(f"{what}={global_batch} is not divisible by the {n_dev} devices")
+    if global_batch % n_proc:
+        raise ValueError(f"{what}={global_batch} is not divisible by the {n_proc} processes")
+    return global_batch // n_proc
+
+
+def global_batch(local: Any, mesh: Mesh) -> Any:
+    """Per-process numpy batch (a pytree of arrays) → global jax.Arrays sharded along `data`."""
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)),
+                        local)
