@@ -1,0 +1,86 @@
+"""Orbax checkpoints of the training state and the data iterator, under `<workdir>/checkpoints`.
+
+Saves are atomic (orbax writes to a temporary directory, then renames), so a kill during a write
+leaves the previous checkpoints intact. A checkpoint that cannot be read back is moved aside to
+`<workdir>/checkpoints_corrupt/` (never deleted) and the next older one is used.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """No checkpoint in a directory could be restored."""
+
+
+class Checkpointer:
+    """The last `keep` checkpoints of {state, data iterator state}, one directory per step."""
+
+    def __init__(self, workdir: str, keep: int = 3):
+        self.directory = epath.Path(workdir) / "checkpoints"
+        self.corrupt_dir = epath.Path(workdir) / "checkpoints_corrupt"
+        self._keep = keep
+        self.manager = self._new_manager()
+
+    def _new_manager(self) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True)
+        return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, data_state: dict) -> None:
+        """Save asynchronously; `wait()` blocks until it is on disk."""
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """Restore one step into the shardings of `abstract_state` (any device count)."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        return restored["state"], restored["data"]
+
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
+        """The newest readable checkpoint, or None when there is none.
+
+        Unreadable ones (truncated or missing files) are moved to `checkpoints_corrupt/` with a
+        warning, so that a later save at the same step cannot collide with them.
+        """
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                state, data = self.restore(step, abstract_state)
+                jax.block_until_ready(state)
+                return step, state, data
+            except Exception as e:  # orbax/tensorstore raise many types for a damaged directory
+                reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+                self._quarantine(step)
+                log.warning("checkpoint at step %d is unreadable (%s); moved to %s, trying an older one",
+                            step, reason, self.corrupt_dir)
+        return None
+
+    def _quarantine(self, step: int) -> None:
+        if jax.process_index() == 0:
+            src = Path(str(self.directory / str(step)))
+            dst = Path(str(self.corrupt_dir)) / str(step)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.exists():
+                shutil.rmtree(dst)  # an older quarantined copy of the same step
+            shutil.move(str(src), str(dst))
+        self.manager.close()
+        self.manager = self._new_manager()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -1,0 +1,80 @@
+"""Train and evaluate a config: `python -m igc_jax.main --config=experiments/<file>.py --workdir=<dir>`.
+
+Thin on purpose: the logic lives in `igc_jax.train`. Exit status: 0 done or preempted (resume by
+running the same command), 1 diverged, 2 bad input (a one-line error, no traceback).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py[:arg]).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs (local or gs://).")
+flags.DEFINE_bool("allow_config_change", False,
+                  "Resume a workdir even though its saved model/dataset config differs.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs "
+                    "outside Cloud TPU and SLURM (which need no flags).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def initialize_distributed() -> None:
+    """jax.distributed: explicit flags, else auto-detected on Cloud TPU pods and SLURM jobs."""
+    import jax
+    if FLAGS.coordinator_address:
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+        jax.distributed.initialize()
+
+
+def fail(message: str, code: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def main(argv) -> None:
+    del argv
+    from igc_jax import train  # after flag parsing, so --helpfull stays fast
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    initialize_distributed()
+    try:
+        status = train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                                          allow_config_change=FLAGS.allow_config_change)
+    except train.Preempted as e:
+        print(str(e))
+        sys.exit(0)
+    except train.Diverged as e:
+        fail(str(e), 1)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e).splitlines()[0], 2)
+    print(summary_line(status))
+
+
+def summary_line(status: dict) -> str:
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
+    note = f" ({status['message']})" if status["message"] else ""
+    return (f"done: {status['step']} steps; test top-1 best {fmt(status['best_top1'])}, "
+            f"final {fmt(status['final_top1'])}{note}")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing, with bad flags, overrides and config files as one-line errors (exit 2)."""
+    try:
+        return FLAGS(argv)
+    except Exception as e:  # flags.Error, or whatever a config file's get_config raised
+        fail(str(e).splitlines()[0] if str(e) else type(e).__name__, 2)
+
+
+def run() -> None:
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,101 @@
+"""What a user sees of a run: metrics.jsonl, TensorBoard events (no TensorFlow), a progress bar.
+
+Only process 0 writes; every other process gets a disabled log.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+
+class _Progress:
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.bar = tqdm(total=total, initial=initial, disable=not enabled, unit="step",
+                        dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        self.step = initial
+
+    def update(self, step: int) -> None:
+        self.bar.update(step - self.step)
+        self.step = step
+
+    def describe(self, **fields: Any) -> None:
+        self.bar.set_postfix(fields, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class MetricsLog:
+    """Training metrics every K steps and evaluation every epoch, as JSON lines and TensorBoard."""
+
+    def __init__(self, workdir: Path, enabled: bool = True):
+        self.path = workdir / "metrics.jsonl"
+        self.enabled = enabled
+        self._writer = None
+        self._bar: _Progress | None = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+            self._writer = SummaryWriter(str(workdir / "tensorboard"))
+
+    def progress(self, num_steps: int, start: int) -> _Progress:
+        self._bar = _Progress(num_steps, start, self.enabled)
+        return self._bar
+
+    def _write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        for k, v in record.items():
+            if k not in ("kind", "step", "epoch") and isinstance(v, (int, float)):
+                self._writer.add_scalar(f"{record['kind']}/{k}", v, record["step"])
+        self._writer.flush()
+
+    def train(self, step: int, epoch: float, m: dict, images_per_sec: float) -> None:
+        rec = {"kind": "train", "step": step, "epoch": round(epoch, 4),
+               "loss": float(m["loss"]), "accuracy": float(m["accuracy"]),
+               "learning_rate": float(m["learning_rate"]), "images_per_sec": round(images_per_sec, 2)}
+        self._write(rec)
+        if self._bar is not None:
+            self._bar.describe(epoch=f"{epoch:.2f}", loss=f"{rec['loss']:.4f}",
+                               lr=f"{rec['learning_rate']:.4g}", img_s=f"{images_per_sec:.0f}")
+
+    def eval(self, step: int, epoch: float, result: dict) -> None:
+        self._write({"kind": "eval", "step": step, "epoch": round(epoch, 4), **result})
+        if self.enabled:
+            tqdm.write(f"step {step} (epoch {epoch:.2f}): test top-1 {result['top1']:.4f}, "
+                       f"top-5 {result['top5']:.4f}, loss {result['loss']:.4f}")
+
+    def rewind(self, step: int) -> None:
+        """Drop records logged after `step` (a resumed run repeats those steps)."""
+        if self.enabled and self.path.exists():
+            keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+    def best_and_final(self) -> dict:
+        """Best and latest test top-1 over everything logged so far (also before a resume)."""
+        top1 = [r["top1"] for r in read_metrics(self.path) if r.get("kind") == "eval"]
+        return {"best_top1": max(top1) if top1 else None, "final_top1": top1[-1] if top1 else None}
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._writer is not None:
+            self._writer.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl; a line cut short by a kill is skipped."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out

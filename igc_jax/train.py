@@ -1,0 +1,368 @@
+"""Training and evaluation: state, steps, schedule and the loop (config → data → model → step → checkpoint).
+
+One mesh over all devices of all processes; the batch is sharded along `data`, the state
+replicated; `jax.jit` with explicit shardings and the state donated. BatchNorm statistics are
+computed over the global batch because the step sees one global array.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from igc_jax import checkpoint as ckpt_lib
+from igc_jax import configs, data, models, sharding
+from igc_jax.metrics_log import MetricsLog
+
+log = logging.getLogger(__name__)
+
+# Changing these on resume would silently train another network or on other data.
+_FROZEN_PREFIXES = ("model.", "dataset.")
+_MUTABLE_KEYS = ("dataset.data_dir", "dataset.num_workers")
+
+
+class Preempted(Exception):
+    """SIGTERM arrived; a checkpoint was written at the step boundary."""
+
+
+class Diverged(RuntimeError):
+    """The training loss became non-finite."""
+
+
+class ConfigMismatch(ValueError):
+    """The workdir holds a run of another model or dataset."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+# ---------------------------------------------------------------- optimisation
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
+                           num_steps: int) -> optax.Schedule:
+    """Step schedule of spec §4 in steps: ×0.1 at 1/2, 3/4, 7/8 (cifar) or every 30 epochs (imagenet)."""
+    lr = config.learning_rate
+    if config.lr_schedule == "cifar":
+        boundaries = [int(num_steps * f) for f in (1 / 2, 3 / 4, 7 / 8)]
+    elif config.lr_schedule == "imagenet":
+        boundaries = list(range(30 * steps_per_epoch, num_steps, 30 * steps_per_epoch))
+    else:
+        boundaries = []
+    schedule = optax.piecewise_constant_schedule(lr, {b: 0.1 for b in boundaries if b > 0})
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    if warmup <= 0:
+        return schedule
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), schedule], [warmup])
+
+
+def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule):
+    """SGD with Nesterov momentum; L2 decay added to the gradient of every parameter (spec §4)."""
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay),
+        optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov))
+
+
+def make_model(config: ml_collections.ConfigDict) -> nn.Module:
+    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    return models.build_model(config.model, num_classes=config.dataset.num_classes, dtype=dtype,
+                              conv_mode=config.conv_mode)
+
+
+# ---------------------------------------------------------------- state and steps
+
+def init_state(model: nn.Module, tx, input_shape: tuple[int, ...], seed: int, mesh):
+    """The state initialised directly in its (replicated) sharding: eval_shape, then a jitted init."""
+
+    def init_fn(rng):
+        variables = model.init(rng, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+        params = variables["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+
+    rng = jax.random.PRNGKey(seed)
+    abstract = jax.eval_shape(init_fn, rng)
+    shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+    state = jax.jit(init_fn, out_shardings=shardings)(rng)
+    return state, shardings
+
+
+def cross_entropy(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def train_step(state: TrainState, batch: dict, *, model: nn.Module, tx, schedule) -> tuple[TrainState, dict]:
+    def loss_fn(params):
+        logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                      batch["image"], train=True, mutable=["batch_stats"])
+        return cross_entropy(logits, batch["label"]).mean(), (logits, updates["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss,
+               "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+               "learning_rate": schedule(state.step)}
+    return TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
+                      opt_state=opt_state), metrics
+
+
+def eval_step(state: TrainState, batch: dict, *, model: nn.Module) -> dict:
+    """Masked sums over the global batch: padded examples (mask 0) count for nothing."""
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                         batch["image"], train=False).astype(jnp.float32)
+    mask = batch["mask"]
+    labels = batch["label"]
+    k = min(5, logits.shape[-1])
+    topk = jax.lax.top_k(logits, k)[1]
+    return {"loss": jnp.sum(cross_entropy(logits, labels) * mask),
+            "top1": jnp.sum((topk[:, 0] == labels) * mask),
+            "top5": jnp.sum(jnp.any(topk == labels[:, None], axis=-1) * mask),
+            "count": jnp.sum(mask)}
+
+
+def all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def compile_steps(model, tx, schedule, state_shardings, mesh):
+    """The jitted train/eval steps with explicit in/out shardings; the state is donated."""
+    rep, batch = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    train = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule),
+                    in_shardings=(state_shardings, batch), out_shardings=(state_shardings, rep),
+                    donate_argnums=0)
+    evaluate = jax.jit(functools.partial(eval_step, model=model),
+                       in_shardings=(state_shardings, batch), out_shardings=rep)
+    finite = jax.jit(all_finite, out_shardings=rep)
+    return train, evaluate, finite
+
+
+# ---------------------------------------------------------------- workdir and config
+
+def flatten_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, (dict, ml_collections.ConfigDict)):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+
+    walk(json.loads(config.to_json_best_effort()), "")
+    return out
+
+
+def check_resumable(workdir: Path, config: ml_collections.ConfigDict, allow_change: bool) -> None:
+    """Refuse to resume a workdir whose saved run trains another model or dataset."""
+    saved_path = workdir / "config.json"
+    if allow_change or not saved_path.exists():
+        return
+    saved = flatten_config(ml_collections.ConfigDict(json.loads(saved_path.read_text())))
+    new = flatten_config(config)
+    diff = [k for k in sorted(set(saved) | set(new))
+            if k.startswith(_FROZEN_PREFIXES) and k not in _MUTABLE_KEYS and saved.get(k) != new.get(k)]
+    if diff:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in diff)
+        raise ConfigMismatch(f"workdir {workdir} holds a run with another config ({shown}); "
+                             f"use a new workdir or pass --allow_config_change")
+
+
+def write_json(path: Path, obj: dict) -> None:
+    if jax.process_index() == 0:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+        tmp.replace(path)
+
+
+# ---------------------------------------------------------------- preemption
+
+class SigtermFlag:
+    """Set by SIGTERM; the loop checks it at every step boundary (and between eval batches)."""
+
+    def __init__(self):
+        self.set = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread: no signal handling
+            self._previous = None
+        return self
+
+    def _handler(self, signum, frame):
+        self.set = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def __call__(self, step: int) -> bool:
+        if self.set:
+            return True
+        if jax.process_count() > 1:  # all hosts stop at the same step (TPU maintenance events)
+            from jax.experimental import multihost_utils
+            return multihost_utils.reached_preemption_sync_point(step)
+        return False
+
+
+# ---------------------------------------------------------------- the loop
+
+def evaluate(eval_fn, state, config, mesh, stop: Callable[[], bool]) -> dict | None:
+    """Top-1/top-5 and loss over the whole test split, exactly once; None if stopped midway."""
+    totals = None
+    for local in data.eval_batches(config, process_index=jax.process_index(),
+                                   process_count=jax.process_count()):
+        if stop():
+            return None
+        m = eval_fn(state, sharding.global_batch(local, mesh))
+        totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
+    totals = jax.device_get(totals)
+    count = max(float(totals["count"]), 1.0)
+    return {"loss": float(totals["loss"]) / count, "top1": float(totals["top1"]) / count,
+            "top5": float(totals["top5"]) / count, "count": int(totals["count"])}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False, transfer_guard: str = "disallow") -> dict:
+    """Train and evaluate `config` in `workdir`, resuming from its latest good checkpoint.
+
+    Returns the final status dict (also written to `<workdir>/status.json`). Raises Preempted after
+    saving a checkpoint on SIGTERM, Diverged on a non-finite loss (nothing non-finite is saved).
+    """
+    configs.validate(config)
+    mesh = sharding.make_mesh()
+    sharding.check_batch_size(config.batch_size, mesh, "batch_size")
+    sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+    info = data.dataset_info(config.dataset)
+    steps_per_epoch = max(info.num_train // config.batch_size, 1)
+    num_steps = (config.num_train_steps if config.num_train_steps > 0
+                 else int(math.ceil(config.num_epochs * steps_per_epoch)))
+    eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
+
+    wd = Path(workdir)
+    wd.mkdir(parents=True, exist_ok=True)
+    check_resumable(wd, config, allow_config_change)
+    if jax.process_index() == 0:
+        (wd / "config.json").write_text(config.to_json_best_effort(indent=1))
+
+    model = make_model(config)
+    schedule = learning_rate_schedule(config, steps_per_epoch, num_steps)
+    tx = make_optimizer(config, schedule)
+    state, state_shardings = init_state(model, tx, info.image_shape, config.seed, mesh)
+    train_fn, eval_fn, finite_fn = compile_steps(model, tx, schedule, state_shardings, mesh)
+
+    checkpointer = ckpt_lib.Checkpointer(str(wd), keep=config.keep_checkpoints)
+    train_iter = data.train_iterator(config, process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            state, state_shardings)
+    restored = checkpointer.restore_latest(abstract)
+    if restored is not None:
+        start, state, data_state = restored
+        train_iter.set_state(data_state)
+        log.info("resumed from the checkpoint at step %d", start)
+    else:
+        start = 0
+    last_saved = start if restored is not None else None
+
+    metrics_log = MetricsLog(wd, enabled=jax.process_index() == 0)
+    metrics_log.rewind(start)
+    status = {"status": "running", "step": start, "num_steps": num_steps, "best_top1": None,
+              "final_top1": None, "images_per_sec": None, "message": ""}
+    status.update(metrics_log.best_and_final())
+    write_json(wd / "status.json", status)
+
+    def save(step):
+        nonlocal last_saved
+        if not bool(jax.device_get(finite_fn(state.params))):
+            raise Diverged(f"parameters became non-finite by step {step}; not saved "
+                           f"(last good checkpoint: step {last_saved})")
+        checkpointer.save(step, state, train_iter.get_state())
+        last_saved = step
+
+    progress = metrics_log.progress(num_steps, start)
+    t_start = time.time()
+    t_window, n_window = time.perf_counter(), 0
+    prev = None  # (step, loss) of the previous step, checked one step late to keep the device busy
+    step = start
+    try:
+        with SigtermFlag() as sigterm:
+            while step < num_steps:
+                if sigterm(step):
+                    save(step)
+                    raise Preempted(f"preempted: checkpoint saved at step {step}")
+                with jax.transfer_guard(transfer_guard):
+                    batch = sharding.global_batch(next(train_iter), mesh)
+                    state, metrics = train_fn(state, batch)
+                    if prev is not None:
+                        _check_finite(prev, last_saved)
+                    prev = (step + 1, metrics["loss"])
+                    step += 1
+                    n_window += 1
+                    if step % config.log_every_steps == 0 or step == num_steps:
+                        m = jax.device_get(metrics)
+                        ips = n_window * config.batch_size / (time.perf_counter() - t_window)
+                        t_window, n_window = time.perf_counter(), 0
+                        metrics_log.train(step, step / steps_per_epoch, m, ips)
+                        status["images_per_sec"] = ips
+                progress.update(step)
+                out_of_time = config.max_train_seconds > 0 and time.time() - t_start > config.max_train_seconds
+                if step % eval_every == 0 or step == num_steps or out_of_time:
+                    _check_finite(prev, last_saved)
+                    result = evaluate(eval_fn, state, config, mesh, lambda: sigterm(step))
+                    if result is None:
+                        save(step)
+                        raise Preempted(f"preempted during evaluation: checkpoint saved at step {step}")
+                    metrics_log.eval(step, step / steps_per_epoch, result)
+                    status.update(metrics_log.best_and_final())
+                if step % config.checkpoint_every_steps == 0 or step == num_steps or out_of_time:
+                    _check_finite(prev, last_saved)
+                    save(step)
+                status["step"] = step
+                if out_of_time:
+                    status["message"] = f"time budget of {config.max_train_seconds:.0f}s reached at step {step}"
+                    break
+        checkpointer.wait()
+        status["status"] = "finished"
+        return status
+    except Preempted as e:
+        checkpointer.wait()
+        status.update(status="preempted", step=step, message=str(e))
+        raise
+    except Exception as e:
+        status.update(status="failed", step=step, message=str(e).splitlines()[0] if str(e) else repr(e))
+        raise
+    finally:
+        progress.close()
+        checkpointer.close()
+        metrics_log.close()
+        write_json(wd / "status.json", status)
+
+
+def _check_finite(prev: tuple[int, jax.Array] | None, last_saved: int | None) -> None:
+    if prev is None:
+        return
+    step, loss = prev
+    value = float(jax.device_get(loss))
+    if not np.isfinite(value):
+        raise Diverged(f"training loss is {value} at step {step}; stopped without saving "
+                       f"(last good checkpoint: step {last_saved})")

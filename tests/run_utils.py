@@ -1,0 +1,78 @@
+"""Helpers for tests that run the trainer, in-process or as `python -m igc_jax.main` subprocesses."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "experiments" / "quickstart.py"
+
+# A tiny IGC net on the digits: B=1 block per stage, width L·M = 4.
+TINY = ["--config.model.depth=5", "--config.model.L=2", "--config.model.M=2",
+        "--config.batch_size=32", "--config.eval_batch_size=64", "--config.log_every_steps=1"]
+
+
+def tiny_config(**overrides):
+    """The quick-start config shrunk like `TINY`, with `overrides` applied (dotted keys as __)."""
+    sys.path.insert(0, str(QUICKSTART.parent))
+    try:
+        import quickstart
+    finally:
+        sys.path.pop(0)
+    c = quickstart.get_config()
+    c.model.depth, c.model.L, c.model.M = 5, 2, 2
+    c.batch_size, c.eval_batch_size, c.log_every_steps = 32, 64, 1
+    for key, value in overrides.items():
+        *parents, leaf = key.split("__")
+        node = c
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def env_with_devices(n: int, **extra: str) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env.update(extra)
+    return env
+
+
+def main_cmd(workdir: Path, *flags: str, config: Path = QUICKSTART) -> list[str]:
+    return [sys.executable, "-m", "igc_jax.main", f"--config={config}", f"--workdir={workdir}", *flags]
+
+
+def run_main(workdir: Path, *flags: str, devices: int = 1, timeout: float = 600,
+             config: Path = QUICKSTART) -> subprocess.CompletedProcess:
+    return subprocess.run(main_cmd(workdir, *flags, config=config), env=env_with_devices(devices),
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_losses(workdir: Path) -> np.ndarray:
+    recs = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return np.array([r["loss"] for r in recs if r["kind"] == "train"])
+
+
+def status(workdir: Path) -> dict:
+    return json.loads((workdir / "status.json").read_text())
+
+
+def final_params(workdir: Path) -> dict:
+    """The parameters of the newest checkpoint, as numpy, without a target tree (1 device)."""
+    import orbax.checkpoint as ocp
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    restored = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(steps[-1]) / "state")
+    return {"step": steps[-1], "params": restored["params"]}

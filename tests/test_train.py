@@ -1,0 +1,115 @@
+"""The training loop: schedule, sharding equivalence, multi-process, resume, quick start.
+
+Every run here goes through `train_and_evaluate`, whose loop runs under
+`jax.transfer_guard("disallow")`: an implicit host↔device copy inside the loop fails these tests.
+"""
+from __future__ import annotations
+
+import subprocess
+
+import jax
+import numpy as np
+import pytest
+
+from igc_jax import train
+from run_utils import (TINY, env_with_devices, final_params, free_port, main_cmd, run_main,
+                       status, tiny_config, train_losses, ROOT)
+
+
+def test_cifar_schedule_decays_at_half_three_quarters_seven_eighths():
+    c = tiny_config(learning_rate=0.1, lr_schedule="cifar")
+    s = train.learning_rate_schedule(c, steps_per_epoch=10, num_steps=800)
+    got = [float(s(t)) for t in (0, 399, 400, 599, 600, 699, 700, 799)]
+    np.testing.assert_allclose(got, [0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4], rtol=1e-6)
+
+
+def test_imagenet_schedule_every_30_epochs_with_warmup():
+    c = tiny_config(learning_rate=0.1, lr_schedule="imagenet", warmup_epochs=1.0)
+    s = train.learning_rate_schedule(c, steps_per_epoch=100, num_steps=100 * 95)
+    got = [float(s(t)) for t in (0, 50, 100, 2999, 3000, 6000, 9000)]
+    np.testing.assert_allclose(got, [0.0, 0.05, 0.1, 0.1, 0.01, 1e-3, 1e-4], rtol=1e-5)
+
+
+def test_weight_decay_is_added_to_every_gradient():
+    import jax.numpy as jnp
+    c = tiny_config(weight_decay=0.5, momentum=0.0, nesterov=False, learning_rate=1.0)
+    tx = train.make_optimizer(c, lambda step: 1.0)
+    params = {"w": jnp.array([2.0]), "bn_scale": jnp.array([4.0])}
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    np.testing.assert_allclose(updates["w"], [-1.0])
+    np.testing.assert_allclose(updates["bn_scale"], [-2.0])
+
+
+def test_one_and_eight_devices_give_the_same_losses(tmp_path):
+    runs = {}
+    for n in (1, 8):
+        wd = tmp_path / f"dev{n}"
+        r = run_main(wd, *TINY, "--config.num_train_steps=5", devices=n)
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs[n] = train_losses(wd)
+    assert len(runs[1]) == 5
+    np.testing.assert_allclose(runs[8], runs[1], rtol=1e-5)
+
+
+def test_two_processes_equal_one_process(tmp_path):
+    flags = (*TINY, "--config.num_train_steps=5")
+    ref = tmp_path / "one"
+    r = run_main(ref, *flags, devices=8)
+    assert r.returncode == 0, r.stderr[-2000:]
+    wd, port = tmp_path / "two", free_port()
+    env = env_with_devices(4, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+    procs = [subprocess.Popen(
+        main_cmd(wd, *flags, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                 f"--process_id={i}"), env=env, cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    np.testing.assert_allclose(train_losses(wd), train_losses(ref), rtol=1e-5)
+    a, b = final_params(wd), final_params(ref)
+    assert a["step"] == b["step"] == 5
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
+                 a["params"], b["params"])
+
+
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, monkeypatch):
+    cfg = dict(num_train_steps=8, checkpoint_every_steps=100)
+    train.train_and_evaluate(tiny_config(**cfg), str(tmp_path / "ref"))
+
+    original = train.SigtermFlag.__call__
+    monkeypatch.setattr(train.SigtermFlag, "__call__", lambda self, step: step == 3)
+    with pytest.raises(train.Preempted, match="step 3"):
+        train.train_and_evaluate(tiny_config(**cfg), str(tmp_path / "cut"))
+    assert status(tmp_path / "cut")["status"] == "preempted"
+    monkeypatch.setattr(train.SigtermFlag, "__call__", original)
+    st = train.train_and_evaluate(tiny_config(**cfg), str(tmp_path / "cut"))
+    assert st["status"] == "finished" and st["step"] == 8
+
+    a, b = final_params(tmp_path / "cut"), final_params(tmp_path / "ref")
+    assert a["step"] == b["step"] == 8
+    jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+    np.testing.assert_array_equal(train_losses(tmp_path / "cut"), train_losses(tmp_path / "ref"))
+
+
+def test_checkpoint_from_eight_devices_restores_on_one(tmp_path):
+    wd = tmp_path / "run"
+    r = run_main(wd, *TINY, "--config.num_train_steps=2", devices=8)
+    assert r.returncode == 0, r.stderr[-2000:]
+    saved = final_params(wd)
+    r = run_main(wd, *TINY, "--config.num_train_steps=4", devices=1)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert status(wd)["step"] == 4
+    losses = train_losses(wd)
+    assert len(losses) == 4  # steps 1–2 on 8 devices, 3–4 after the restore on 1
+    assert saved["step"] == 2
+
+
+@pytest.mark.slow
+def test_quickstart_reaches_95_percent(tmp_path):
+    r = run_main(tmp_path / "qs", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    st = status(tmp_path / "qs")
+    assert st["status"] == "finished"
+    assert st["final_top1"] >= 0.95, st
+    assert "done:" in r.stdout
