@@ -22,6 +22,13 @@ class CheckpointError(ValueError):
     """No checkpoint in a directory could be restored."""
 
 
+def _param_shapes(params: Any) -> dict[str, tuple[int, ...]]:
+    """{'stage1_layer1_igc/primary': shape, ...} of a parameter tree (arrays or metadata)."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): tuple(leaf.shape)
+            for path, leaf in flat}
+
+
 class Checkpointer:
     """The last `keep` checkpoints of {state, data iterator state}, one directory per step."""
 
@@ -60,6 +67,16 @@ class Checkpointer:
         """
         for step in sorted(self.all_steps(), reverse=True):
             try:
+                saved = self._saved_param_shapes(step)
+            except Exception:
+                saved = None  # unreadable metadata: the restore below fails and says why
+            wanted = _param_shapes(abstract_state.params)
+            if saved is not None and saved != wanted:
+                differ = sorted(set(saved.items()) ^ set(wanted.items()))[0][0]
+                raise CheckpointError(
+                    f"the checkpoint at step {step} in {self.directory} holds another network "
+                    f"(parameter {differ} differs); use a new workdir")
+            try:
                 state, data = self.restore(step, abstract_state)
                 jax.block_until_ready(state)
                 return step, state, data
@@ -70,14 +87,22 @@ class Checkpointer:
                             step, reason, self.corrupt_dir)
         return None
 
+    def _saved_param_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+        meta = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "state")
+        tree = getattr(meta, "item_metadata", meta)
+        return _param_shapes(tree["params"])
+
     def _quarantine(self, step: int) -> None:
-        if jax.process_index() == 0:
+        if jax.process_index() == 0:  # one process moves it; the others wait below
             src = Path(str(self.directory / str(step)))
             dst = Path(str(self.corrupt_dir)) / str(step)
             dst.parent.mkdir(parents=True, exist_ok=True)
             if dst.exists():
                 shutil.rmtree(dst)  # an older quarantined copy of the same step
             shutil.move(str(src), str(dst))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
         self.manager.close()
         self.manager = self._new_manager()
 

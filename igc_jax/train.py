@@ -66,9 +66,10 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
         boundaries = list(range(30 * steps_per_epoch, num_steps, 30 * steps_per_epoch))
     else:
         boundaries = []
-    schedule = optax.piecewise_constant_schedule(lr, {b: 0.1 for b in boundaries if b > 0})
-    warmup = int(config.warmup_epochs * steps_per_epoch)
-    if warmup <= 0:
+    warmup = max(int(config.warmup_epochs * steps_per_epoch), 0)
+    # join_schedules restarts the count at the warmup's end: shift so decays stay at absolute steps.
+    schedule = optax.piecewise_constant_schedule(lr, {b - warmup: 0.1 for b in boundaries if b > warmup})
+    if warmup == 0:
         return schedule
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), schedule], [warmup])
 

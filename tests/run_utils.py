@@ -72,7 +72,14 @@ def status(workdir: Path) -> dict:
 
 def final_params(workdir: Path) -> dict:
     """The parameters of the newest checkpoint, as numpy, without a target tree (1 device)."""
+    import jax
     import orbax.checkpoint as ocp
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    restored = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(steps[-1]) / "state")
-    return {"step": steps[-1], "params": restored["params"]}
+    path = workdir / "checkpoints" / str(steps[-1]) / "state"
+    ckptr = ocp.StandardCheckpointer()
+    meta = ckptr.metadata(path)
+    tree = getattr(meta, "item_metadata", meta)
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), tree)
+    restored = ckptr.restore(path, target)
+    return {"step": steps[-1], "params": jax.device_get(restored["params"])}

@@ -1,0 +1,182 @@
+"""Preemption, crashes, corrupt checkpoints, divergence, config changes and bad input.
+
+Runs use the shrunk quick-start net on the digits; the training loop runs under the transfer guard.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from igc_jax import data, train
+from run_utils import (ROOT, TINY, env_with_devices, final_params, main_cmd, run_main, status,
+                       tiny_config, train_losses)
+
+sys.path.insert(0, str(ROOT))
+from benchmarks import fault_injection  # noqa: E402
+
+
+def _checkpoint_steps(workdir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def _sigterm_self():
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_during_training_saves_and_exits_0_then_resumes(tmp_path):
+    wd = tmp_path / "run"
+    proc = subprocess.Popen(main_cmd(wd, *TINY, "--config.num_train_steps=400",
+                                     "--config.checkpoint_every_steps=1000"),
+                            env=env_with_devices(1), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not ((wd / "metrics.jsonl").exists() and len(train_losses(wd)) >= 3):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    lines = out.strip().splitlines()
+    assert lines[-1].startswith("preempted: checkpoint saved at step "), out
+    step = int(lines[-1].rsplit(" ", 1)[1])
+    assert step >= 3 and _checkpoint_steps(wd) == [step]
+    assert status(wd)["status"] == "preempted"
+    r = run_main(wd, *TINY, f"--config.num_train_steps={step + 2}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert status(wd) ["status"] == "finished" and len(train_losses(wd)) == step + 2
+
+
+def test_sigterm_during_evaluation_saves_at_that_step(tmp_path, monkeypatch):
+    real = data.eval_batches
+
+    def eval_batches_then_sigterm(*args, **kwargs):
+        for i, batch in enumerate(real(*args, **kwargs)):
+            if i == 1:
+                _sigterm_self()  # the real signal, delivered between two eval batches
+            yield batch
+
+    monkeypatch.setattr(data, "eval_batches", eval_batches_then_sigterm)
+    c = tiny_config(num_train_steps=50, eval_every_steps=4, checkpoint_every_steps=1000,
+                    eval_batch_size=32)
+    with pytest.raises(train.Preempted, match="during evaluation: checkpoint saved at step 4"):
+        train.train_and_evaluate(c, str(tmp_path))
+    assert _checkpoint_steps(tmp_path) == [4]
+    assert status(tmp_path)["status"] == "preempted"
+
+
+def test_sigkill_at_three_moments_ends_bit_identical(tmp_path):
+    res = fault_injection.cycle(tmp_path, kills=3, rng=random.Random(1))
+    assert all(k["killed"] for k in res["kills"]), res
+    assert res["identical"], res
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, damage, caplog):
+    cfg = dict(num_train_steps=8, checkpoint_every_steps=4)
+    train.train_and_evaluate(tiny_config(**cfg), str(tmp_path / "ref"))
+    wd = tmp_path / "run"
+    train.train_and_evaluate(tiny_config(**cfg), str(wd))
+    assert _checkpoint_steps(wd) == [4, 8]
+    files = sorted((f for f in (wd / "checkpoints" / "8" / "state").rglob("*") if f.is_file()),
+                   key=lambda f: f.stat().st_size)
+    biggest = files[-1]
+    if damage == "truncate":
+        biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+    else:
+        biggest.unlink()
+    st = train.train_and_evaluate(tiny_config(**cfg), str(wd))
+    assert "step 8 is unreadable" in caplog.text
+    assert st["status"] == "finished" and st["step"] == 8
+    assert (wd / "checkpoints_corrupt" / "8").is_dir()  # moved aside, not deleted
+    assert _checkpoint_steps(wd) == [4, 8]
+    a, b = final_params(wd), final_params(tmp_path / "ref")
+    jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+
+
+def test_divergence_stops_naming_the_step_and_saves_nothing_non_finite(tmp_path):
+    wd = tmp_path / "run"
+    r = run_main(wd, *TINY, "--config.num_train_steps=3", "--config.checkpoint_every_steps=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_main(wd, *TINY, "--config.num_train_steps=30", "--config.checkpoint_every_steps=2",
+                 "--config.learning_rate=1e30", "--config.lr_schedule=constant")
+    assert r.returncode == 1
+    msg = r.stderr.strip().splitlines()[-1]
+    assert msg.startswith("error: ") and "step" in msg and "non-finite" in msg or "nan" in msg, msg
+    assert status(wd)["status"] == "failed"
+    p = final_params(wd)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(p["params"]))
+
+
+def test_changed_config_is_refused_unless_overridden(tmp_path):
+    wd = tmp_path / "run"
+    assert run_main(wd, *TINY, "--config.num_train_steps=2").returncode == 0
+    r = run_main(wd, *TINY, "--config.num_train_steps=4", "--config.model.depth=8")
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "model.depth: 5 -> 8" in err[0] and "Traceback" not in r.stderr
+    # An override that keeps the network (here a renamed normalisation) resumes.
+    r = run_main(wd, *TINY, "--config.num_train_steps=4", "--config.dataset.augment=cifar",
+                 "--allow_config_change")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert status(wd)["step"] == 4
+
+
+def _npz_dir(tmp_path: Path, labels, image_bytes=None) -> Path:
+    d = tmp_path / "arrays"
+    d.mkdir()
+    n = len(labels)
+    for split in ("train", "test"):
+        path = d / f"{split}.npz"
+        if image_bytes is not None and split == "train":
+            path.write_bytes(image_bytes)
+        else:
+            np.savez(path, image=np.zeros((n, 8, 8, 1), np.uint8), label=np.asarray(labels))
+    return d
+
+
+BAD_INPUTS = {
+    "unknown model": ["--config.model.name=resnet9000"],
+    "unknown dataset": ["--config.dataset.name=mnist"],
+    "width not divisible by L": [f"--config={ROOT / 'experiments' / 'imagenet_l16m16.py'}",
+                                 "--config.model.L=(5,5,5,5)"],
+    "depth not 3B+2": ["--config.model.depth=7"],
+    "batch not divisible by devices": ["--config.batch_size=30"],
+    "missing data directory": ["--config.dataset.name=arrays", "--config.dataset.data_dir=/nonexistent/dir"],
+    "override of the wrong type": ["--config.batch_size=lots"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2(tmp_path, case):
+    flags = BAD_INPUTS[case]
+    if flags[0].startswith("--config="):  # another experiment file instead of the quick start
+        r = run_main(tmp_path / "wd", *flags[1:], devices=4, config=Path(flags[0].split("=", 1)[1]))
+    else:
+        r = run_main(tmp_path / "wd", *TINY, *flags, devices=4)
+    _assert_one_line_error(r)
+
+
+@pytest.mark.parametrize("case", ["unreadable file", "label out of range"])
+def test_bad_local_arrays_are_one_line_exit_2(tmp_path, case):
+    if case == "unreadable file":
+        d = _npz_dir(tmp_path, [0, 1, 2, 3], image_bytes=b"not an npz file")
+    else:
+        d = _npz_dir(tmp_path, [0, 1, 2, 10])
+    r = run_main(tmp_path / "wd", *TINY, "--config.dataset.name=arrays", f"--config.dataset.data_dir={d}",
+                 "--config.batch_size=4", "--config.eval_batch_size=4", "--config.num_train_steps=2")
+    _assert_one_line_error(r)
+
+
+def _assert_one_line_error(r: subprocess.CompletedProcess) -> None:
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    errors = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
+    assert len(errors) == 1, r.stderr[-2000:]
