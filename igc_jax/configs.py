@@ -10,6 +10,8 @@ An experiment file in `experiments/` calls `base_config()` and sets what differs
   dataset.image_size        side of the square input the network sees
   dataset.normalization     name of the mean/std constants (spec §4), e.g. "cifar10"
   dataset.augment           training augmentation: "cifar" | "imagenet" | "none"
+  dataset.color_jitter      strength of the ImageNet colour jitter (0: off)
+  dataset.num_workers       data worker processes (0: threads in the training process)
   batch_size, eval_batch_size   global batch sizes (divided over processes and devices)
   num_epochs | num_train_steps  training length (steps win when > 0)
   learning_rate, momentum, nesterov, weight_decay   SGD as spec §4 (L2 added to every gradient)
@@ -40,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
         "image_size": 32,
         "normalization": "cifar10",
         "augment": "cifar",
+        "color_jitter": 0.4,
         "num_workers": 0,
     })
     c.batch_size = 64

@@ -69,7 +69,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
     except Exception as e:  # flags.Error, or whatever a config file's get_config raised
-        fail(str(e).splitlines()[0] if str(e) else type(e).__name__, 2)
+        lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
+        # A config file's own error is the last line of the traceback absl puts in the message.
+        fail(lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}", 2)
 
 
 def run() -> None:

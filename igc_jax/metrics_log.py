@@ -5,11 +5,14 @@ Only process 0 writes; every other process gets a disabled log.
 from __future__ import annotations
 
 import json
+import logging
 import sys
-from pathlib import Path
 from typing import Any
 
+from etils import epath
 from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 
 class _Progress:
@@ -32,14 +35,21 @@ class _Progress:
 class MetricsLog:
     """Training metrics every K steps and evaluation every epoch, as JSON lines and TensorBoard."""
 
-    def __init__(self, workdir: Path, enabled: bool = True):
+    def __init__(self, workdir: epath.PathLike, enabled: bool = True):
+        workdir = epath.Path(workdir)
         self.path = workdir / "metrics.jsonl"
         self.enabled = enabled
         self._writer = None
         self._bar: _Progress | None = None
+        # Object stores (gs://) cannot append: there the whole file is rewritten each time.
+        self._local = not str(workdir).startswith(("gs://", "s3://"))
+        self._records = read_metrics(self.path) if enabled else []
         if enabled:
             from tensorboardX import SummaryWriter
-            self._writer = SummaryWriter(str(workdir / "tensorboard"))
+            try:
+                self._writer = SummaryWriter(str(workdir / "tensorboard"))
+            except Exception as e:  # e.g. a bucket without a tensorboardX backend
+                log.warning("no TensorBoard events (%s); metrics.jsonl has everything", e)
 
     def progress(self, num_steps: int, start: int) -> _Progress:
         self._bar = _Progress(num_steps, start, self.enabled)
@@ -48,8 +58,14 @@ class MetricsLog:
     def _write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        self._records.append(record)
+        if self._local:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        else:
+            self._rewrite()
+        if self._writer is None:
+            return
         for k, v in record.items():
             if k not in ("kind", "step", "epoch") and isinstance(v, (int, float)):
                 self._writer.add_scalar(f"{record['kind']}/{k}", v, record["step"])
@@ -73,12 +89,15 @@ class MetricsLog:
     def rewind(self, step: int) -> None:
         """Drop records logged after `step` (a resumed run repeats those steps)."""
         if self.enabled and self.path.exists():
-            keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+            self._records = [r for r in self._records if r.get("step", 0) <= step]
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self._records))
 
     def best_and_final(self) -> dict:
         """Best and latest test top-1 over everything logged so far (also before a resume)."""
-        top1 = [r["top1"] for r in read_metrics(self.path) if r.get("kind") == "eval"]
+        top1 = [r["top1"] for r in self._records if r.get("kind") == "eval"]
         return {"best_top1": max(top1) if top1 else None, "final_top1": top1[-1] if top1 else None}
 
     def close(self) -> None:
@@ -88,8 +107,9 @@ class MetricsLog:
             self._writer.close()
 
 
-def read_metrics(path: Path) -> list[dict]:
+def read_metrics(path: epath.PathLike) -> list[dict]:
     """The records of a metrics.jsonl; a line cut short by a kill is skipped."""
+    path = epath.Path(path)
     if not path.exists():
         return []
     out = []

@@ -12,7 +12,6 @@ import logging
 import math
 import signal
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import flax
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 
 from igc_jax import checkpoint as ckpt_lib
 from igc_jax import configs, data, models, sharding
@@ -171,7 +171,7 @@ def flatten_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return out
 
 
-def check_resumable(workdir: Path, config: ml_collections.ConfigDict, allow_change: bool) -> None:
+def check_resumable(workdir: epath.Path, config: ml_collections.ConfigDict, allow_change: bool) -> None:
     """Refuse to resume a workdir whose saved run trains another model or dataset."""
     saved_path = workdir / "config.json"
     if allow_change or not saved_path.exists():
@@ -186,7 +186,7 @@ def check_resumable(workdir: Path, config: ml_collections.ConfigDict, allow_chan
                              f"use a new workdir or pass --allow_config_change")
 
 
-def write_json(path: Path, obj: dict) -> None:
+def write_json(path: epath.Path, obj: dict) -> None:
     if jax.process_index() == 0:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
@@ -259,7 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                  else int(math.ceil(config.num_epochs * steps_per_epoch)))
     eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
 
-    wd = Path(workdir)
+    wd = epath.Path(workdir)  # local or gs://
     wd.mkdir(parents=True, exist_ok=True)
     check_resumable(wd, config, allow_config_change)
     if jax.process_index() == 0:

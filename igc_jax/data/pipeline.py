@@ -1,0 +1,186 @@
+"""Deterministic, per-process training and evaluation batches, built on grain.
+
+Training batch k (global size B, n examples, S = n // B steps per epoch, the remainder dropped):
+epoch e = k // S has its own order (`randomness.epoch_permutation(seed, e, n)`), global batch k
+holds its positions [(k mod S)·B, (k mod S + 1)·B), and process p of P takes the p-th contiguous
+B/P of them. Augmentation draws from a hash of (seed, e, example index). So batch k is a pure
+function of (seed, k, p, P), the global batch does not even depend on P, and the iterator's whole
+state is the step. grain maps steps to batches with prefetching threads (and worker processes when
+dataset.num_workers > 0), keeping their order.
+
+Evaluation walks the split in order; the global batches past its end are padded with zeros and
+`mask` 0, so every process yields the same number of batches and every example counts once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any, Iterator
+
+import grain
+import numpy as np
+
+from igc_jax.data import preprocess, randomness, sources
+
+READ_THREADS = 2        # threads building batches ahead of the training step
+PREFETCH_BATCHES = 4    # batches kept ready
+
+
+def _local_batch(global_batch: int, process_index: int, process_count: int, what: str) -> int:
+    """The per-process share of a global batch; ValueError when it does not split evenly."""
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} is not in "
+                         f"[0, process_count={process_count})")
+    if global_batch <= 0 or global_batch % process_count:
+        raise ValueError(f"{what}={global_batch} is not a positive multiple of the "
+                         f"{process_count} processes")
+    return global_batch // process_count
+
+
+def preprocessing(dataset_cfg: Any) -> preprocess.Preprocessing:
+    """The transforms of a dataset config (dataset.color_jitter is optional: 0 turns it off)."""
+    return preprocess.Preprocessing(
+        augment=dataset_cfg.augment, normalization=dataset_cfg.normalization,
+        image_size=dataset_cfg.image_size,
+        color_jitter=float(dataset_cfg.get("color_jitter", preprocess.DEFAULT_COLOR_JITTER)))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainBatches:
+    """Training batch `step` of one process, as a picklable function of the step."""
+
+    split: sources.Split
+    preprocessing: preprocess.Preprocessing
+    seed: int
+    batch_size: int           # global
+    process_index: int
+    process_count: int
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.batch_size // self.process_count
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.split) // self.batch_size
+
+    def indices(self, step: int) -> tuple[int, np.ndarray]:
+        """(epoch, this process's example indices) of batch `step`."""
+        epoch, position = divmod(int(step), self.steps_per_epoch)
+        start = position * self.batch_size + self.process_index * self.local_batch_size
+        order = randomness.epoch_permutation(self.seed, epoch, len(self.split))
+        return epoch, order[start:start + self.local_batch_size]
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        epoch, idx = self.indices(step)
+        images, labels = self.split.read(idx)
+        u = randomness.example_uniforms(self.seed, epoch, idx, preprocess.NUM_UNIFORMS)
+        return {"image": self.preprocessing.train(images, u), "label": labels.astype(np.int32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalBatches:
+    """Evaluation batch b of one process: examples in order, zero-padded and masked past the end."""
+
+    split: sources.Split
+    preprocessing: preprocess.Preprocessing
+    image_shape: tuple[int, int, int]
+    batch_size: int           # global
+    process_index: int
+    process_count: int
+
+    @property
+    def num_batches(self) -> int:
+        return -(-len(self.split) // self.batch_size)
+
+    def __call__(self, b: int) -> dict[str, np.ndarray]:
+        local = self.batch_size // self.process_count
+        start = int(b) * self.batch_size + self.process_index * local
+        valid = int(np.clip(len(self.split) - start, 0, local))
+        image = np.zeros((local, *self.image_shape), np.float32)
+        label = np.zeros((local,), np.int32)
+        if valid:
+            images, labels = self.split.read(np.arange(start, start + valid))
+            image[:valid] = self.preprocessing.eval(images)
+            label[:valid] = labels
+        mask = (np.arange(local) < valid).astype(np.float32)
+        return {"image": image, "label": label, "mask": mask}
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """grain's worker processes read absl flags; outside an absl app, use their defaults."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _prefetched(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
+                                              prefetch_buffer_size=PREFETCH_BATCHES))
+    if num_workers > 0:
+        _ensure_absl_flags_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return it
+
+
+class TrainIterator:
+    """Infinite iterator of this process's training batches; its state is the next step."""
+
+    def __init__(self, batches: TrainBatches, num_workers: int = 0, step: int = 0):
+        self.batches, self.num_workers = batches, num_workers
+        self._step, self._iter = step, None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.batches.steps_per_epoch
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.batches.local_batch_size
+
+    def __iter__(self) -> TrainIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._iter is None:
+            steps = grain.MapDataset.range(self._step, sys.maxsize)
+            self._iter = iter(_prefetched(steps.map(self.batches), self.num_workers))
+        batch = next(self._iter)
+        self._step += 1
+        return batch
+
+    def get_state(self) -> dict[str, int]:
+        """JSON-serialisable: {"step": index of the next batch}."""
+        return {"step": self._step}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue at state["step"]: the batches an uninterrupted run would see from there."""
+        step = state.get("step") if isinstance(state, dict) else None
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"train iterator state must be {{'step': int >= 0}}, got {state!r}")
+        self._step, self._iter = int(step), None
+
+
+def train_iterator(config: Any, *, process_index: int, process_count: int) -> TrainIterator:
+    """This process's share of the training batches of `config` (see the module docstring)."""
+    _local_batch(config.batch_size, process_index, process_count, "batch_size")
+    info = sources.dataset_info(config.dataset)
+    if info.num_train < config.batch_size:
+        raise sources.DataError(f"batch_size={config.batch_size} exceeds the {info.num_train} "
+                                f"training examples of {info.name}")
+    batches = TrainBatches(sources.open_split(config.dataset, "train"),
+                           preprocessing(config.dataset), int(config.seed), config.batch_size,
+                           process_index, process_count)
+    return TrainIterator(batches, num_workers=int(config.dataset.get("num_workers", 0)))
+
+
+def eval_batches(config: Any, *, process_index: int, process_count: int,
+                 split: str = "test") -> Iterator[dict[str, np.ndarray]]:
+    """This process's evaluation batches {"image", "label", "mask"} over the whole split, once."""
+    _local_batch(config.eval_batch_size, process_index, process_count, "eval_batch_size")
+    info = sources.dataset_info(config.dataset)
+    batches = EvalBatches(sources.open_split(config.dataset, split), preprocessing(config.dataset),
+                          info.image_shape, config.eval_batch_size, process_index, process_count)
+    steps = grain.MapDataset.range(batches.num_batches)
+    return iter(_prefetched(steps.map(batches), int(config.dataset.get("num_workers", 0))))

@@ -1,0 +1,176 @@
+"""Image preprocessing of spec §4, as pure functions of the images and per-example uniforms.
+
+All randomness enters as a (B, NUM_UNIFORMS) array of uniforms (`randomness.example_uniforms`, a
+hash of seed, epoch and example index): an example's augmentation depends on nothing else, so a
+batch is the same whichever process, worker or thread builds it, and a resumed run repeats it.
+
+CIFAR-size work is vectorised over the batch (one gather for pad + crop + flip); ImageNet crops
+and resizes go through PIL one image at a time (the images differ in size), then the colour jitter
+and normalisation run on the whole batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from PIL import Image
+
+# Per-channel mean and std on the 0–255 scale, keyed by `config.dataset.normalization`.
+# cifar10 / cifar100 / svhn: spec §4. imagenet: the usual ImageNet statistics
+# (0.485, 0.456, 0.406) and (0.229, 0.224, 0.225) times 255. digits: the train split of
+# scikit-learn's digits (`sources.DIGITS_TRAIN`) scaled from 0–16 to 0–255 (`sources.load_digits`).
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": ((125.307, 122.950, 113.865), (62.993, 62.089, 66.705)),
+    "cifar100": ((129.304, 124.070, 112.434), (68.170, 65.392, 70.418)),
+    "svhn": ((111.609, 113.161, 120.565), (50.498, 51.259, 50.244)),
+    "imagenet": ((123.675, 116.280, 103.530), (58.395, 57.120, 57.375)),
+    "digits": ((77.973,), (95.735,)),
+    # The authors' train_imagenet.py default, for their released MXNet weights (igc_jax.convert_mxnet).
+    "imagenet_igc_mxnet": ((123.370, 112.757, 99.406), (68.998, 66.093, 68.292)),
+}
+AUGMENTATIONS = ("cifar", "imagenet", "none")
+
+CIFAR_PAD = 4
+CROP_SCALE = (0.08, 1.0)           # area fraction of the random crop (Inception / ResNet recipe)
+CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+CROP_ATTEMPTS = 10
+EVAL_RESIZE = 256.0 / 224.0        # short side before the centre crop, relative to image_size
+DEFAULT_COLOR_JITTER = 0.4         # brightness, contrast, saturation factors in [1-s, 1+s]
+
+# Columns of the per-example uniforms: 2 per crop attempt, crop position (2), flip, jitter (3).
+_U_POS = 2 * CROP_ATTEMPTS
+_U_FLIP = _U_POS + 2
+_U_JITTER = _U_FLIP + 1
+NUM_UNIFORMS = _U_JITTER + 3       # pad + crop + flip use the position and flip columns
+
+
+def normalize(images: np.ndarray, normalization: str) -> np.ndarray:
+    """uint8 or float (…, C) on the 0–255 scale → float32 (x − mean) / std per channel."""
+    mean, std = NORMALIZATION[normalization]
+    scale = np.float32(1.0) / np.asarray(std, np.float32)
+    x = images.astype(np.float32)
+    x -= np.asarray(mean, np.float32)
+    x *= scale
+    return x
+
+
+def pad_crop_flip(images: np.ndarray, u: np.ndarray, pad: int = CIFAR_PAD) -> np.ndarray:
+    """CIFAR augmentation: zero-pad `pad`, random crop back to H×W, random horizontal flip.
+
+    One `np.take` of pixels for the whole batch (flat pixel indices into the padded batch); the
+    offsets come from u[:, _U_POS:_U_POS+2], the flip (u[:, _U_FLIP] < 0.5) reverses the columns.
+    """
+    b, h, w, c = images.shape
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    hp, wp = h + 2 * pad, w + 2 * pad
+    dy = np.floor(u[:, _U_POS] * (2 * pad + 1)).astype(np.intp)
+    dx = np.floor(u[:, _U_POS + 1] * (2 * pad + 1)).astype(np.intp)
+    cols = dx[:, None] + np.arange(w)
+    cols = np.where((u[:, _U_FLIP] < 0.5)[:, None], cols[:, ::-1], cols)
+    rows = (np.arange(b) * hp + dy)[:, None] + np.arange(h)
+    pixels = rows[:, :, None] * wp + cols[:, None, :]
+    return np.take(padded.reshape(-1, c), pixels, axis=0)
+
+
+def random_crop_box(height: int, width: int, u: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, left, crop_h, crop_w) of a random scale/aspect crop (CROP_SCALE, CROP_RATIO).
+
+    Up to CROP_ATTEMPTS draws of (area, log aspect); the first that fits is placed at a random
+    position; if none fits, the centre crop with the aspect clamped to CROP_RATIO (as torchvision).
+    """
+    area = height * width
+    log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    for t in range(CROP_ATTEMPTS):
+        target = area * (CROP_SCALE[0] + u[2 * t] * (CROP_SCALE[1] - CROP_SCALE[0]))
+        aspect = math.exp(log_lo + u[2 * t + 1] * (log_hi - log_lo))
+        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < cw <= width and 0 < ch <= height:
+            top = int(u[_U_POS] * (height - ch + 1))
+            left = int(u[_U_POS + 1] * (width - cw + 1))
+            return top, left, ch, cw
+    aspect = width / height
+    if aspect < CROP_RATIO[0]:
+        cw, ch = width, round(width / CROP_RATIO[0])
+    elif aspect > CROP_RATIO[1]:
+        cw, ch = round(height * CROP_RATIO[1]), height
+    else:
+        cw, ch = width, height
+    return (height - ch) // 2, (width - cw) // 2, ch, cw
+
+
+def _pil(image: np.ndarray) -> Image.Image:
+    return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+
+def _array(image: Image.Image, channels: int) -> np.ndarray:
+    a = np.asarray(image)
+    return a[..., None] if channels == 1 else a
+
+
+def imagenet_train_crop(image: np.ndarray, u: np.ndarray, size: int) -> np.ndarray:
+    """uint8 H×W×C → a random scale/aspect crop, resized (bilinear) to size×size, maybe flipped."""
+    top, left, ch, cw = random_crop_box(image.shape[0], image.shape[1], u)
+    out = _pil(image).resize((size, size), Image.BILINEAR, box=(left, top, left + cw, top + ch))
+    out = _array(out, image.shape[-1])
+    return out[:, ::-1] if u[_U_FLIP] < 0.5 else out
+
+
+def imagenet_eval_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize the short side to round(size·256/224) (bilinear), then the centre size×size crop."""
+    h, w = image.shape[:2]
+    short = round(size * EVAL_RESIZE)
+    new_h, new_w = (short, max(round(w * short / h), short)) if h <= w else (
+        max(round(h * short / w), short), short)
+    resized = _array(_pil(image).resize((new_w, new_h), Image.BILINEAR), image.shape[-1])
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return resized[top:top + size, left:left + size]
+
+
+def color_jitter(images: np.ndarray, u: np.ndarray, strength: float) -> np.ndarray:
+    """Brightness, contrast, saturation (in order), factors 1 + strength·(2u − 1); float 0–255."""
+    factors = (1.0 + strength * (2.0 * u[:, _U_JITTER:_U_JITTER + 3] - 1.0)).astype(np.float32)
+    x = images.astype(np.float32) * factors[:, 0, None, None, None]
+    gray = _gray(x)
+    mean = gray.mean(axis=(1, 2, 3), keepdims=True)
+    x = (x - mean) * factors[:, 1, None, None, None] + mean
+    if x.shape[-1] == 3:
+        gray = _gray(x)
+        x = (x - gray) * factors[:, 2, None, None, None] + gray
+    return np.clip(x, 0.0, 255.0)
+
+
+def _gray(x: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma, (B, H, W, 1); a one-channel image is its own luma."""
+    if x.shape[-1] == 1:
+        return x
+    return x @ np.asarray([[0.299], [0.587], [0.114]], np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """The train / eval transforms one config asks for (augment, normalization, image_size)."""
+
+    augment: str
+    normalization: str
+    image_size: int
+    color_jitter: float = DEFAULT_COLOR_JITTER
+
+    def train(self, images: np.ndarray | list[np.ndarray], u: np.ndarray) -> np.ndarray:
+        """A batch of uint8 images (array, or list for ImageNet) → float32 normalised B×S×S×C."""
+        if self.augment == "cifar":
+            x = pad_crop_flip(images, u)
+        elif self.augment == "imagenet":
+            x = np.stack([imagenet_train_crop(im, ui, self.image_size)
+                          for im, ui in zip(images, u)])
+            if self.color_jitter > 0:
+                x = color_jitter(x, u, self.color_jitter)
+        else:
+            x = images
+        return normalize(x, self.normalization)
+
+    def eval(self, images: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        """Deterministic: ImageNet short-side resize + centre crop, else the images as stored."""
+        if self.augment == "imagenet":
+            images = np.stack([imagenet_eval_crop(im, self.image_size) for im in images])
+        return normalize(images, self.normalization)

@@ -1,0 +1,317 @@
+"""Where the examples come from: TFDS (ArrayRecord), local .npz arrays, scikit-learn's digits.
+
+Each source opens as a `Split`: a random-access, picklable reader of (uint8 images, int32 labels)
+that loads or opens its data on first use, so grain worker processes receive only the recipe.
+`dataset_info` reads sizes and shapes from metadata alone (TFDS's dataset_info.json, the .npy
+headers inside the .npz files), never the images.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import os
+import threading
+import zipfile
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from igc_jax.data import preprocess
+
+# config.dataset.name → (TFDS splits concatenated for training, TFDS split for evaluation).
+TFDS_SPLITS: dict[str, tuple[tuple[str, ...], str]] = {
+    "cifar10": (("train",), "test"),
+    "cifar100": (("train",), "test"),
+    "svhn_cropped": (("train", "extra"), "test"),        # 73,257 + 531,131 = 604,388 (spec §4)
+    "imagenet2012": (("train",), "validation"),           # its `test` split has no labels
+}
+DATASETS = (*TFDS_SPLITS, "arrays", "digits")
+SPLITS = ("train", "test")
+
+# scikit-learn's 1,797 digits in their stored order: the first 1,347 (75%) train, the last 450
+# test. Contiguous rather than shuffled, so the split never changes and (the images being grouped
+# by writer) stays close to writer-disjoint.
+DIGITS_TRAIN = 1347
+DIGITS_TOTAL = 1797
+DIGITS_SHAPE = (8, 8, 1)
+
+# Prefetch threads ask for the data at the same moment: load (or open) it once.
+_LOAD_LOCK = threading.Lock()
+
+ARRAYS_FORMAT = ("a folder of train*.npz and test*.npz, each with 'image' (uint8, N×H×W×C) "
+                 "and 'label' (integers in [0, num_classes))")
+
+
+class DataError(ValueError):
+    """A data set that is missing, unreadable or inconsistent with the config (one-line message)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the trainer needs before reading any example."""
+
+    name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]    # (H, W, C) as the network sees it
+    num_train: int
+    num_eval: int
+
+
+class Split(Protocol):
+    """Random access to one split: `read(indices)` → (uint8 images, int32 labels)."""
+
+    def __len__(self) -> int: ...
+
+    def read(self, indices: Sequence[int]) -> tuple[np.ndarray | list[np.ndarray], np.ndarray]: ...
+
+
+# ---------------------------------------------------------------- in-memory arrays (npz, digits)
+
+@dataclasses.dataclass(frozen=True)
+class ArraySplit:
+    """Images held in memory; `load` (a picklable, cached function) runs on first read."""
+
+    load: Callable[[], tuple[np.ndarray, np.ndarray]]
+    size: int
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        with _LOAD_LOCK:
+            images, labels = self.load()
+        idx = np.asarray(indices, dtype=np.intp)
+        return images[idx], labels[idx]
+
+
+@functools.lru_cache(maxsize=None)
+def load_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn digits as uint8 (N, 8, 8, 1): values 0–16 scaled by 255/16 and rounded."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    digits = sk_load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = digits.target.astype(np.int32)
+    part = slice(0, DIGITS_TRAIN) if split == "train" else slice(DIGITS_TRAIN, None)
+    return images[part], labels[part]
+
+
+def _npz_files(directory: str, split: str) -> tuple[str, ...]:
+    files = tuple(sorted(glob.glob(os.path.join(glob.escape(directory), f"{split}*.npz"))))
+    if not files:
+        raise DataError(f"no {split}*.npz in {directory}; expected {ARRAYS_FORMAT}")
+    return files
+
+
+def _npy_header(path: str, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of array `key` in an .npz, reading only the .npy header (cheap)."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(member)
+    except KeyError:
+        raise DataError(f"{path} has no array {key!r}; expected {ARRAYS_FORMAT}") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    return shape, dtype
+
+
+def _npz_meta(files: Sequence[str]) -> tuple[int, tuple[int, int, int]]:
+    """(number of examples, image shape) of a split, checked for the arrays format."""
+    total, image_shape = 0, None
+    for path in files:
+        shape, dtype = _npy_header(path, "image")
+        label_shape, label_dtype = _npy_header(path, "label")
+        if dtype != np.uint8 or len(shape) != 4:
+            raise DataError(f"{path}: 'image' is {dtype} with shape {shape}; "
+                            "expected uint8 N×H×W×C")
+        if not np.issubdtype(label_dtype, np.integer) or label_shape != shape[:1]:
+            raise DataError(f"{path}: 'label' is {label_dtype} with shape {label_shape}; "
+                            f"expected {shape[0]} integers")
+        if image_shape not in (None, shape[1:]):
+            raise DataError(f"{path}: images are {shape[1:]} but earlier files hold {image_shape}")
+        total, image_shape = total + shape[0], shape[1:]
+    return total, image_shape
+
+
+@functools.lru_cache(maxsize=4)
+def load_npz(files: tuple[str, ...], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate the files' images and labels (in name order), checking the label range."""
+    images, labels = [], []
+    for path in files:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                images.append(z["image"])
+                labels.append(z["label"])
+        except KeyError as e:
+            raise DataError(f"{path} has no array {e}; expected {ARRAYS_FORMAT}") from None
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+            raise DataError(f"cannot read {path}: {e}") from None
+        bad = (labels[-1] < 0) | (labels[-1] >= num_classes)
+        if bad.any():
+            raise DataError(f"{path}: label {labels[-1][bad][0]} at index {int(np.argmax(bad))} is "
+                            f"outside [0, {num_classes}) (dataset.num_classes={num_classes})")
+    return np.concatenate(images), np.concatenate(labels).astype(np.int32)
+
+
+def _arrays_dir(dataset_cfg: Any) -> str:
+    directory = dataset_cfg.data_dir
+    if not directory:
+        raise DataError(f"dataset 'arrays' needs dataset.data_dir: {ARRAYS_FORMAT}")
+    if not os.path.isdir(directory):
+        raise DataError(f"arrays data directory {directory} does not exist; "
+                        f"expected {ARRAYS_FORMAT}")
+    return directory
+
+
+# ---------------------------------------------------------------- TFDS (ArrayRecord)
+
+def tfds_data_dir(dataset_cfg: Any) -> str:
+    """dataset.data_dir, else $TFDS_DATA_DIR, else TFDS's default ~/tensorflow_datasets."""
+    return (dataset_cfg.data_dir or os.environ.get("TFDS_DATA_DIR")
+            or os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
+
+
+def _prepare_hint(name: str, data_dir: str) -> str:
+    manual = ("put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in "
+              f"{data_dir}/downloads/manual (TFDS manual download), then "
+              if name == "imagenet2012" else "")
+    return (f"prepare it once: {manual}pip install 'igc-jax[prepare]' && "
+            f"tfds build {name} --data_dir={data_dir} --file_format=array_record")
+
+
+@functools.lru_cache(maxsize=8)
+def _tfds_builder(name: str, data_dir: str) -> Any:
+    """The prepared builder (code builder, metadata from disk); DataError if not prepared."""
+    import tensorflow_datasets as tfds
+
+    if not os.path.isdir(data_dir):
+        raise DataError(f"TFDS data directory {data_dir} does not exist; "
+                        f"{_prepare_hint(name, data_dir)}")
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
+        raise DataError(f"TFDS dataset {name} is not prepared in {data_dir} (looked for "
+                        f"{builder.data_path}/dataset_info.json); {_prepare_hint(name, data_dir)}")
+    file_format = builder.info.file_format
+    if file_format is None or file_format.value != "array_record":
+        stored = getattr(file_format, "value", file_format)
+        raise DataError(f"TFDS dataset {name} in {builder.data_path} is stored as {stored}, not "
+                        f"array_record (needed for random access); {_prepare_hint(name, data_dir)}")
+    return builder
+
+
+class TfdsSplit:
+    """One or more TFDS splits read as one, through `builder.as_data_source` (no TensorFlow)."""
+
+    def __init__(self, name: str, data_dir: str, splits: Sequence[str]):
+        self.name, self.data_dir, self.splits = name, data_dir, tuple(splits)
+        info = _tfds_builder(name, data_dir).info
+        sizes = [info.splits[s].num_examples for s in self.splits]
+        self._offsets = np.cumsum([0, *sizes])
+        self._sources: list[Any] | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_sources": None}    # workers reopen the files themselves
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def _open(self) -> list[Any]:
+        with _LOAD_LOCK:
+            if self._sources is None:
+                builder = _tfds_builder(self.name, self.data_dir)
+                self._sources = [builder.as_data_source(split=s) for s in self.splits]
+        return self._sources
+
+    def read(self, indices: Sequence[int]) -> tuple[np.ndarray | list[np.ndarray], np.ndarray]:
+        indices = np.asarray(indices, dtype=np.int64)
+        part = np.searchsorted(self._offsets, indices, side="right") - 1
+        records: list[Any] = [None] * len(indices)
+        for k in np.unique(part):
+            where = np.flatnonzero(part == k)
+            keys = (indices[where] - self._offsets[k]).tolist()
+            for i, record in zip(where, self._open()[k].__getitems__(keys)):
+                records[i] = record
+        images = [r["image"] for r in records]
+        labels = np.asarray([r["label"] for r in records], dtype=np.int32)
+        if images and all(im.shape == images[0].shape for im in images):
+            return np.stack(images), labels
+        return images, labels
+
+
+# ---------------------------------------------------------------- selection by config
+
+def _check_names(dataset_cfg: Any) -> None:
+    if dataset_cfg.name not in DATASETS:
+        raise DataError(f"unknown dataset {dataset_cfg.name!r}; choose from {', '.join(DATASETS)}")
+    if dataset_cfg.normalization not in preprocess.NORMALIZATION:
+        raise DataError(f"unknown normalization {dataset_cfg.normalization!r}; choose from "
+                        f"{', '.join(preprocess.NORMALIZATION)}")
+    if dataset_cfg.augment not in preprocess.AUGMENTATIONS:
+        raise DataError(f"unknown augment {dataset_cfg.augment!r}; choose from "
+                        f"{', '.join(preprocess.AUGMENTATIONS)}")
+
+
+def _stored(dataset_cfg: Any) -> tuple[str, int, tuple[int | None, int | None, int], int, int]:
+    """(what, num_classes, stored image shape (None: varies), num_train, num_eval), from metadata;
+    `what` names the data in messages."""
+    name = dataset_cfg.name
+    if name == "digits":
+        return name, 10, DIGITS_SHAPE, DIGITS_TRAIN, DIGITS_TOTAL - DIGITS_TRAIN
+    if name == "arrays":
+        directory = _arrays_dir(dataset_cfg)
+        num_train, shape = _npz_meta(_npz_files(directory, "train"))
+        num_eval, test_shape = _npz_meta(_npz_files(directory, "test"))
+        if test_shape != shape:
+            raise DataError(f"{directory}: train images are {shape} "
+                            f"but test images are {test_shape}")
+        return f"arrays in {directory}", dataset_cfg.num_classes, shape, num_train, num_eval
+    builder = _tfds_builder(name, tfds_data_dir(dataset_cfg))
+    train_splits, eval_split = TFDS_SPLITS[name]
+    info = builder.info
+    num_train = sum(info.splits[s].num_examples for s in train_splits)
+    return (name, info.features["label"].num_classes, tuple(info.features["image"].shape),
+            num_train, info.splits[eval_split].num_examples)
+
+
+def dataset_info(dataset_cfg: Any) -> DatasetInfo:
+    """Sizes and the network's input shape, from metadata only; DataError on any inconsistency.
+
+    Augment 'imagenet' resizes every image to image_size×image_size; 'cifar' and 'none' keep the
+    stored size, which must then equal image_size.
+    """
+    _check_names(dataset_cfg)
+    name, num_classes, (h, w, c), num_train, num_eval = _stored(dataset_cfg)
+    if num_classes != dataset_cfg.num_classes:
+        raise DataError(f"{name} has {num_classes} classes but dataset.num_classes="
+                        f"{dataset_cfg.num_classes}")
+    size = dataset_cfg.image_size
+    if dataset_cfg.augment != "imagenet" and (h, w) != (size, size):
+        stored = "of varying size" if h is None else f"{h}×{w}"
+        raise DataError(f"{name} images are {stored} but dataset.image_size={size} and augment="
+                        f"{dataset_cfg.augment!r} does not resize (only 'imagenet' does)")
+    channels = len(preprocess.NORMALIZATION[dataset_cfg.normalization][0])
+    if channels != c:
+        raise DataError(f"normalization {dataset_cfg.normalization!r} has {channels} channel(s) "
+                        f"but {name} images have {c}")
+    return DatasetInfo(dataset_cfg.name, num_classes, (size, size, c), num_train, num_eval)
+
+
+def open_split(dataset_cfg: Any, split: str) -> Split:
+    """The reader of split 'train' or 'test' (for imagenet2012, 'test' is TFDS's validation)."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    info = dataset_info(dataset_cfg)
+    size = info.num_train if split == "train" else info.num_eval
+    name = dataset_cfg.name
+    if name == "digits":
+        return ArraySplit(functools.partial(load_digits, split), size)
+    if name == "arrays":
+        files = _npz_files(_arrays_dir(dataset_cfg), split)
+        return ArraySplit(functools.partial(load_npz, files, dataset_cfg.num_classes), size)
+    train_splits, eval_split = TFDS_SPLITS[name]
+    return TfdsSplit(name, tfds_data_dir(dataset_cfg),
+                     train_splits if split == "train" else (eval_split,))

@@ -1,0 +1,167 @@
+"""Augmentation and normalisation properties (spec §4), and the counter-based randomness."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from igc_jax.data import preprocess as P
+from igc_jax.data import randomness
+
+PAD = P.CIFAR_PAD
+
+
+def _uniforms(n: int, seed: int = 0) -> np.ndarray:
+    return randomness.example_uniforms(seed, 0, np.arange(n), P.NUM_UNIFORMS)
+
+
+def _with(u: np.ndarray, **columns: float) -> np.ndarray:
+    """u with the crop position / flip columns set (values in [0, 1))."""
+    u = u.copy()
+    names = {"dy": P._U_POS, "dx": P._U_POS + 1, "flip": P._U_FLIP}
+    for name, value in columns.items():
+        u[:, names[name]] = value
+    return u
+
+
+def test_cifar_crops_are_windows_of_the_padded_image():
+    rng = np.random.default_rng(0)
+    images = rng.integers(1, 256, (200, 32, 32, 3), dtype=np.uint8)    # no zeros: padding shows
+    u = _uniforms(200)
+    out = P.pad_crop_flip(images, u)
+    assert out.shape == images.shape and out.dtype == np.uint8
+    padded = np.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)))
+    offsets = set()
+    for i in range(len(images)):
+        matches = [(dy, dx, f) for dy in range(2 * PAD + 1) for dx in range(2 * PAD + 1)
+                   for f in (False, True)
+                   if np.array_equal(out[i], (lambda w: w[:, ::-1] if f else w)(
+                       padded[i, dy:dy + 32, dx:dx + 32]))]
+        assert len(matches) == 1           # exactly one window inside the padded image
+        offsets.add(matches[0])
+    # Every offset and both flips occur: the crop ranges over the whole padded image.
+    assert {dy for dy, _, _ in offsets} == set(range(2 * PAD + 1))
+    assert {dx for _, dx, _ in offsets} == set(range(2 * PAD + 1))
+    assert {f for _, _, f in offsets} == {False, True}
+
+
+def test_flip_is_exact_and_centre_crop_is_identity():
+    images = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    centre = (PAD + 0.5) / (2 * PAD + 1)        # maps to offset PAD
+    u = _with(_uniforms(5), dy=centre, dx=centre, flip=0.9)
+    assert np.array_equal(P.pad_crop_flip(images, u), images)
+    assert np.array_equal(P.pad_crop_flip(images, _with(u, flip=0.1)), images[:, :, ::-1])
+    top_left = P.pad_crop_flip(images, _with(u, dy=0.0, dx=0.0))
+    assert np.all(top_left[:, :PAD] == 0) and np.all(top_left[:, :, :PAD] == 0)
+    assert np.array_equal(top_left[:, PAD:, PAD:], images[:, :-PAD, :-PAD])
+
+
+@pytest.mark.parametrize("name", sorted(P.NORMALIZATION))
+def test_normalising_a_constant_image(name):
+    mean, std = P.NORMALIZATION[name]
+    for value in (0, 128, 255):
+        image = np.full((2, 4, 4, len(mean)), value, np.uint8)
+        out = P.normalize(image, name)
+        assert out.dtype == np.float32
+        expected = (value - np.asarray(mean)) / np.asarray(std)
+        np.testing.assert_allclose(out, np.broadcast_to(expected, out.shape), rtol=1e-6, atol=1e-6)
+
+
+def test_spec_constants():
+    assert P.NORMALIZATION["cifar10"] == ((125.307, 122.950, 113.865), (62.993, 62.089, 66.705))
+    assert P.NORMALIZATION["cifar100"] == ((129.304, 124.070, 112.434), (68.170, 65.392, 70.418))
+    assert P.NORMALIZATION["svhn"] == ((111.609, 113.161, 120.565), (50.498, 51.259, 50.244))
+
+
+@settings(max_examples=200, deadline=None)
+@given(h=st.integers(1, 600), w=st.integers(1, 600), seed=st.integers(0, 2**32 - 1))
+def test_random_crop_box_inside_the_image(h, w, seed):
+    u = randomness.example_uniforms(seed, 0, [0], P.NUM_UNIFORMS)[0]
+    top, left, ch, cw = P.random_crop_box(h, w, u)
+    assert 0 <= top and top + ch <= h and 0 <= left and left + cw <= w and ch > 0 and cw > 0
+
+
+def test_random_crop_box_scale_and_aspect():
+    u = randomness.example_uniforms(3, 0, np.arange(2000), P.NUM_UNIFORMS)
+    boxes = np.array([P.random_crop_box(375, 500, ui) for ui in u])
+    area = boxes[:, 2] * boxes[:, 3] / (375 * 500)
+    aspect = boxes[:, 3] / boxes[:, 2]
+    assert area.min() >= 0.075 and area.max() <= 1.0 and area.min() < 0.15
+    assert aspect.min() >= 0.74 and aspect.max() <= 1.35
+
+
+def test_imagenet_train_crop_flip_and_shape():
+    image = np.random.default_rng(2).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    u = _uniforms(1)[0]
+    u[P._U_FLIP] = 0.9
+    plain = P.imagenet_train_crop(image, u, 64)
+    u[P._U_FLIP] = 0.1
+    flipped = P.imagenet_train_crop(image, u, 64)
+    assert plain.shape == (64, 64, 3) and plain.dtype == np.uint8
+    assert np.array_equal(flipped, plain[:, ::-1])
+
+
+def test_imagenet_eval_is_short_side_resize_then_centre_crop():
+    size = 56
+    short = round(size * 256 / 224)              # 64
+    image = np.random.default_rng(3).integers(0, 256, (short, 100, 3), dtype=np.uint8)
+    out = P.imagenet_eval_crop(image, size)      # short side already right: a pure centre crop
+    top, left = (short - size) // 2, (100 - size) // 2
+    assert np.array_equal(out, image[top:top + size, left:left + size])
+    tall = np.random.default_rng(4).integers(0, 256, (300, 200, 1), dtype=np.uint8)
+    assert P.imagenet_eval_crop(tall, size).shape == (size, size, 1)
+
+
+def test_eval_preprocessing_is_deterministic():
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (rng.integers(40, 90), rng.integers(40, 90), 3), dtype=np.uint8)
+              for _ in range(4)]
+    prep = P.Preprocessing("imagenet", "imagenet", 32)
+    first, second = prep.eval(images), prep.eval(images)
+    assert first.shape == (4, 32, 32, 3) and np.array_equal(first, second)
+    cifar = P.Preprocessing("cifar", "cifar10", 32)
+    batch = np.stack([im[:32, :32] for im in images])
+    assert np.array_equal(cifar.eval(batch), P.normalize(batch, "cifar10"))
+
+
+def test_color_jitter_neutral_factors_and_range():
+    images = np.random.default_rng(6).integers(0, 256, (3, 8, 8, 3)).astype(np.float32)
+    u = _uniforms(3)
+    neutral = u.copy()
+    neutral[:, P._U_JITTER:P._U_JITTER + 3] = 0.5          # every factor exactly 1
+    np.testing.assert_allclose(P.color_jitter(images, neutral, 0.4), images, atol=1e-3)
+    out = P.color_jitter(images, u, 0.4)
+    assert out.min() >= 0 and out.max() <= 255 and not np.allclose(out, images)
+    grey = np.full((3, 8, 8, 3), 100.0, np.float32)        # contrast and saturation keep grey
+    bright = P.color_jitter(grey, u, 0.4)
+    factors = 1 + 0.4 * (2 * u[:, P._U_JITTER] - 1)
+    np.testing.assert_allclose(bright, grey * factors[:, None, None, None], rtol=1e-5)
+
+
+def test_train_transform_of_a_constant_image_without_padding():
+    prep = P.Preprocessing("none", "svhn", 32)
+    image = np.full((2, 32, 32, 3), 111, np.uint8)
+    out = prep.train(image, _uniforms(2))
+    mean, std = P.NORMALIZATION["svhn"]
+    np.testing.assert_allclose(out, np.broadcast_to((111 - np.asarray(mean)) / np.asarray(std),
+                                                    out.shape), atol=1e-6)
+
+
+def test_example_uniforms_are_keyed_and_uniform():
+    u = randomness.example_uniforms(7, 2, np.arange(5000), 4)
+    assert u.shape == (5000, 4) and u.min() >= 0 and u.max() < 1
+    assert abs(u.mean() - 0.5) < 0.01 and abs(u.var() - 1 / 12) < 0.003
+    assert np.array_equal(u[10:20], randomness.example_uniforms(7, 2, np.arange(10, 20), 4))
+    for other in [(8, 2), (7, 3)]:
+        assert not np.allclose(u[:5], randomness.example_uniforms(*other, np.arange(5), 4))
+    assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.05
+
+
+def test_epoch_permutation():
+    a = randomness.epoch_permutation(0, 0, 1000)
+    assert sorted(a.tolist()) == list(range(1000))
+    assert not np.array_equal(a, randomness.epoch_permutation(0, 1, 1000))
+    assert not np.array_equal(a, randomness.epoch_permutation(1, 0, 1000))
+    assert np.array_equal(a, randomness.epoch_permutation(0, 0, 1000))
+    # Pinned: the order must not change with numpy versions (a resumed run must see the same).
+    assert randomness.epoch_permutation(0, 0, 10).tolist() == [0, 5, 3, 1, 8, 6, 2, 9, 7, 4]
