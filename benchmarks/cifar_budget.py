@@ -1,0 +1,95 @@
+"""Same recipe, same wall-clock budget: CIFAR-10 networks trained side by side on this machine.
+
+    python -m benchmarks.cifar_budget --minutes=20 --nets=L24M2,D8 W16,D8 \
+        --data_dir=../shared/data/cifar10 --root=/tmp/cifar_budget
+
+For each network: a short calibration run measures training images/s; the number of epochs that
+fits the budget at that rate becomes `num_epochs`, so the spec §4 schedule (×0.1 at 1/2, 3/4, 7/8)
+completes inside the budget; `max_train_seconds` stops the run if the machine slows down. Then
+one `igc_jax.main` run per network on the real CIFAR-10 arrays. Results (images/s, epochs, test
+top-1, wall time): benchmarks/results/cifar10_budget.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "experiments" / "cifar10_igc.py"
+TRAIN_IMAGES = 50_000
+
+
+def _main(config: str, workdir: Path, *flags: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "igc_jax.main", f"--config={config}", f"--workdir={workdir}", *flags]
+    print("+", " ".join(cmd), flush=True)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+
+
+def _records(workdir: Path) -> list[dict]:
+    return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+
+
+def calibrate(net: str, data_flags: list[str], workdir: Path, steps: int = 40) -> float:
+    """Training images/s after compilation: the rate over the last half of a short run."""
+    r = _main(f"{CONFIG}:{net}", workdir, *data_flags, f"--config.num_train_steps={steps}",
+              f"--config.log_every_steps={steps // 2}", f"--config.eval_every_steps={10 * steps}",
+              f"--config.checkpoint_every_steps={10 * steps}")
+    if r.returncode != 0:
+        raise SystemExit(f"calibration of {net} failed: {r.stderr.strip().splitlines()[-1]}")
+    return [x for x in _records(workdir) if x["kind"] == "train"][-1]["images_per_sec"]
+
+
+def run(net: str, minutes: float, data_flags: list[str], root: Path) -> dict:
+    name = net.replace(",", "_")
+    ips = calibrate(net, data_flags, root / f"{name}_calibration")
+    budget = minutes * 60
+    # Evaluation (10k images, forward only) after each epoch costs about a sixth of an epoch.
+    epochs = max(round(0.85 * budget * ips / TRAIN_IMAGES / (1 + 1 / 6), 2), 0.2)
+    workdir = root / name
+    t0 = time.time()
+    r = _main(f"{CONFIG}:{net}", workdir, *data_flags, f"--config.num_epochs={epochs}",
+              f"--config.max_train_seconds={budget}", "--config.log_every_steps=50")
+    wall = time.time() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"{net} failed: {r.stderr.strip().splitlines()[-1]}")
+    recs = _records(workdir)
+    train_recs = [x for x in recs if x["kind"] == "train"]
+    evals = [x for x in recs if x["kind"] == "eval"]
+    status = json.loads((workdir / "status.json").read_text())
+    return {"network": net, "calibrated_images_per_sec": ips, "planned_epochs": epochs,
+            "epochs_done": train_recs[-1]["epoch"], "steps": status["step"],
+            "images_per_sec_mean": sum(x["images_per_sec"] for x in train_recs) / len(train_recs),
+            "final_top1": evals[-1]["top1"], "best_top1": max(x["top1"] for x in evals),
+            "wall_seconds": wall, "stopped_by_budget": bool(status["message"])}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=20)
+    p.add_argument("--nets", nargs="+", default=["L24M2,D8", "W16,D8"])
+    p.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "cifar10"))
+    p.add_argument("--root", default="/tmp/cifar_budget")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cifar10_budget"))
+    args = p.parse_args()
+    data_flags = ["--config.dataset.name=arrays", f"--config.dataset.data_dir={args.data_dir}"]
+    results = [run(net, args.minutes, data_flags, Path(args.root)) for net in args.nets]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"minutes": args.minutes, "results": results}, indent=1))
+    rows = ["| network | train images/s (mean) | epochs done | steps | test top-1 final | best | wall s |",
+            "|---|---|---|---|---|---|---|"]
+    rows += [f"| {r['network']} | {r['images_per_sec_mean']:.1f} | {r['epochs_done']:.2f} | {r['steps']} | "
+             f"{r['final_top1']:.4f} | {r['best_top1']:.4f} | {r['wall_seconds']:.0f} |" for r in results]
+    out.with_suffix(".md").write_text(
+        f"CIFAR-10 (real, lossless arrays), plain D=8, spec §4 recipe (batch 64, SGD-Nesterov, lr 0.1 "
+        f"with ×0.1 at 1/2, 3/4, 7/8 of the planned epochs), {args.minutes:.0f} minutes of wall clock "
+        f"each on this shared 2-core CPU, run one after the other.\n\n" + "\n".join(rows) + "\n")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
