@@ -1,0 +1,43 @@
+"""ImageNet: IGC-L100M2+Ident., spec §3.
+
+ResNet-18 layout with every 3×3 conv an IGC layer: M = 2 in every stage, L = 100, 200, 400, 800
+(widths 200, 400, 800, 1600); the 1×1 projections are grouped with the stage's L. The stem is 100
+wide, so stage 1 opens with a stride-1 1×1 projection (100 groups) + BN instead of the identity.
+
+    python -m igc_jax.main --config=experiments/imagenet_l100m2.py --workdir=runs/l100m2
+
+Training (official code, spec §4): SGD, Nesterov momentum 0.9, L2 1e-4 on every parameter, batch
+256, lr 0.1 ×0.1 every 30 epochs, 100 epochs (the released MXNet weights are from epoch 95); random
+scale/aspect crop to 224 + flip + colour jitter; evaluation on the 256-short-side 224 centre crop.
+Computes in bfloat16 (parameters, BatchNorm statistics and logits stay float32); add
+--config.dtype=float32 for the official numerics.
+Hardware: a TPU v4-8 / v5e-8 host or one 8-GPU host (32 images per device); 100 epochs are
+about 500,000 steps. Layers and counts: `python -m igc_jax.summary --config=<this file>`.
+Paper's result (single 224 crop): top-1 / top-5 error 26.95 / 8.92%;
+8.61M parameters and 1.3G FLOPs as the paper counts them.
+"""
+from igc_jax import configs, models
+
+NETWORK = "IGC-L100M2+Ident."
+
+
+def get_config(arg: str | None = None):
+    if arg:
+        raise ValueError(f"experiments/imagenet_l100m2.py takes no argument, got {arg!r}")
+    c = configs.base_config()
+    c.model = models.imagenet_model(NETWORK)
+    c.dataset.name = "imagenet2012"
+    c.dataset.num_classes = 1000
+    c.dataset.image_size = 224
+    c.dataset.normalization = "imagenet"
+    c.dataset.augment = "imagenet"
+    c.batch_size = 256
+    c.eval_batch_size = 400  # divides the 50,000 validation images and any device count up to 16
+    c.num_epochs = 100.0
+    c.learning_rate = 0.1
+    c.momentum = 0.9
+    c.nesterov = True
+    c.weight_decay = 1e-4
+    c.lr_schedule = "imagenet"
+    c.dtype = "bfloat16"
+    return c

@@ -1,0 +1,73 @@
+"""Layers shared by the CIFAR and ImageNet networks, written as the official MXNet code builds them.
+
+Each helper creates its Flax submodules under an explicit flat name (e.g. `stage2_unit1_igc1`), so
+the parameter tree reads like the network table and maps one-to-one onto the MXNet symbol names.
+They must be called from inside a `@nn.compact` method (the submodules attach to that module).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from igc_jax.layers import IGCConv, he_normal, same_padding
+
+# BatchNorm epsilon of every official network (spec §2).
+BN_EPSILON = 2e-5
+# Classifier weights: uniform ±sqrt(1 / fan_in) (MXNet Xavier, factor 'in', magnitude 1). MXNet
+# initialises every `*_bias` to zero, the classifier's included.
+classifier_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+# A 3×3 "layer" of a residual unit: (x, features, strides, index 1 or 2) -> y, before BatchNorm;
+# it names its own submodule (`{unit}_conv{index}` or `{unit}_igc{index}`).
+Layer = Callable[[Any, int, int, int], Any]
+
+
+def conv(x, features: int, kernel: int, strides: int, *, name: str, groups: int = 1,
+         dtype: Any = jnp.float32):
+    """Regular (or grouped) convolution, no bias, symmetric padding k // 2 like MXNet.
+
+    XLA's 'SAME' pads a stride-2 layer asymmetrically (more at the end), which shifts the sampling
+    grid against the official models, so the padding is always explicit.
+    """
+    return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
+                   padding=same_padding((kernel, kernel)), feature_group_count=groups,
+                   use_bias=False, kernel_init=he_normal, dtype=dtype, name=name)(x)
+
+
+def igc(x, features: int, strides: int, *, L: int, M: int, sum_fusion: bool, conv_mode: str,
+        name: str, dtype: Any = jnp.float32):
+    """One 3×3 IGC layer: primary (L groups) → shuffle → secondary (M groups) → shuffle, no bias."""
+    return IGCConv(features, L, M, strides=(strides, strides), sum_fusion=sum_fusion,
+                   mode=conv_mode, dtype=dtype, name=name)(x)
+
+
+def batch_norm(x, *, momentum: float, train: bool, name: str, dtype: Any = jnp.float32):
+    """MXNet BatchNorm(fix_gamma=False, eps=2e-5); statistics are reduced in float32."""
+    return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=BN_EPSILON,
+                        dtype=dtype, name=name)(x)
+
+
+def residual_unit(x, *, name: str, features: int, strides: int, layer: Layer, proj_groups: int,
+                  momentum: float, train: bool, dtype: Any = jnp.float32):
+    """Post-activation basic unit: ReLU(BN(layer2(ReLU(BN(layer1(x))))) + shortcut(x)).
+
+    The shortcut is the identity when shapes match, else a 1×1 conv (grouped with `proj_groups`,
+    the stage's L in IGC nets) with the unit's stride, then BN.
+    """
+    y = layer(x, features, strides, 1)
+    y = nn.relu(batch_norm(y, momentum=momentum, train=train, name=f"{name}_bn1", dtype=dtype))
+    y = layer(y, features, 1, 2)
+    y = batch_norm(y, momentum=momentum, train=train, name=f"{name}_bn2", dtype=dtype)
+    if strides != 1 or x.shape[-1] != features:
+        x = conv(x, features, 1, strides, groups=proj_groups, name=f"{name}_proj", dtype=dtype)
+        x = batch_norm(x, momentum=momentum, train=train, name=f"{name}_proj_bn", dtype=dtype)
+    return nn.relu(x + y)
+
+
+def classifier(x, num_classes: int):
+    """Global average pool → dense with bias, in float32 whatever the compute dtype."""
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    return nn.Dense(num_classes, kernel_init=classifier_init, dtype=jnp.float32,
+                    name="classifier")(x)
