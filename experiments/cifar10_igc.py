@@ -17,7 +17,7 @@ Hardware: one GPU or one TPU host (the global batch of 64 divides over 1, 2, 4 o
 Paper's result: the spec quotes no CIFAR-10 accuracies; its claim to reproduce (spec §5) is that at
 equal or fewer parameters IGC-L24M2 beats RegConv-W16 and RegConv-W18, and +Ident. improves further.
 """
-from igc_jax import configs, models
+from igc_jax import configs
 
 # The networks of the paper's CIFAR comparison; the tests build every one.
 NETWORKS = ("W16", "W18", "L24M2", "L4M8", "L4M8,sumfusion")
@@ -26,20 +26,4 @@ CONFIG_ARGS = tuple(f"{net},D{depth}{ident}" for depth in (8, 20, 26) for net in
 
 
 def get_config(arg: str | None = None):
-    c = configs.base_config()
-    c.model = models.cifar_model(arg or "L24M2,D20")
-    c.dataset.name = "cifar10"
-    c.dataset.num_classes = 10
-    c.dataset.image_size = 32
-    c.dataset.normalization = "cifar10"
-    c.dataset.augment = "cifar"
-    c.batch_size = 64
-    c.eval_batch_size = 400
-    c.num_epochs = 400.0
-    c.learning_rate = 0.1
-    c.momentum = 0.9
-    c.nesterov = True
-    c.weight_decay = 1e-4
-    c.lr_schedule = "cifar"
-    c.dtype = "float32"
-    return c
+    return configs.small_image_recipe("cifar10", arg or "L24M2,D20")

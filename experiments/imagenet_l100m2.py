@@ -16,28 +16,11 @@ about 500,000 steps. Layers and counts: `python -m igc_jax.summary --config=<thi
 Paper's result (single 224 crop): top-1 / top-5 error 26.95 / 8.92%;
 8.61M parameters and 1.3G FLOPs as the paper counts them.
 """
-from igc_jax import configs, models
+from igc_jax import configs
 
 NETWORK = "IGC-L100M2+Ident."
 
 
 def get_config(arg: str | None = None):
-    if arg:
-        raise ValueError(f"experiments/imagenet_l100m2.py takes no argument, got {arg!r}")
-    c = configs.base_config()
-    c.model = models.imagenet_model(NETWORK)
-    c.dataset.name = "imagenet2012"
-    c.dataset.num_classes = 1000
-    c.dataset.image_size = 224
-    c.dataset.normalization = "imagenet"
-    c.dataset.augment = "imagenet"
-    c.batch_size = 256
-    c.eval_batch_size = 400  # divides the 50,000 validation images and any device count up to 16
-    c.num_epochs = 100.0
-    c.learning_rate = 0.1
-    c.momentum = 0.9
-    c.nesterov = True
-    c.weight_decay = 1e-4
-    c.lr_schedule = "imagenet"
-    c.dtype = "bfloat16"
-    return c
+    configs.no_argument("experiments/imagenet_l100m2.py", arg)
+    return configs.imagenet_recipe(NETWORK)

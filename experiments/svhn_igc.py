@@ -12,27 +12,11 @@ Hardware: one GPU or one TPU host (the global batch of 64 divides over 1, 2, 4 o
 40 epochs are about 378,000 steps.
 Paper's result: the spec quotes no SVHN accuracies.
 """
-from igc_jax import configs, models
+from igc_jax import configs
 
 NETWORKS = ("W16", "W18", "L24M2", "L4M8", "L4M8,sumfusion")
 CONFIG_ARGS = tuple(f"{net},D20{ident}" for net in NETWORKS for ident in ("", ",ident"))
 
 
 def get_config(arg: str | None = None):
-    c = configs.base_config()
-    c.model = models.cifar_model(arg or "L24M2,D20")
-    c.dataset.name = "svhn_cropped"
-    c.dataset.num_classes = 10
-    c.dataset.image_size = 32
-    c.dataset.normalization = "svhn"
-    c.dataset.augment = "none"
-    c.batch_size = 64
-    c.eval_batch_size = 400
-    c.num_epochs = 40.0
-    c.learning_rate = 0.1
-    c.momentum = 0.9
-    c.nesterov = True
-    c.weight_decay = 1e-4
-    c.lr_schedule = "cifar"
-    c.dtype = "float32"
-    return c
+    return configs.small_image_recipe("svhn", arg or "L24M2,D20")

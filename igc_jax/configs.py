@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from igc_jax import models
+
 DATASETS = ("cifar10", "cifar100", "svhn_cropped", "imagenet2012", "digits", "arrays")
 LR_SCHEDULES = ("cifar", "imagenet", "constant")
 DTYPES = ("float32", "bfloat16")
@@ -67,9 +69,6 @@ def base_config() -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raise ValueError with a one-line message on the first problem found."""
-    # Imported here: models import layers, and this module must stay importable by configs alone.
-    from igc_jax import models
-
     if config.dataset.name not in DATASETS:
         raise ValueError(f"unknown dataset {config.dataset.name!r}; choose from {', '.join(DATASETS)}")
     if config.lr_schedule not in LR_SCHEDULES:
@@ -82,3 +81,48 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.num_train_steps <= 0 and config.num_epochs <= 0:
         raise ValueError("set num_epochs > 0 or num_train_steps > 0")
     models.validate_model_config(config.model, num_classes=config.dataset.num_classes)
+
+
+# Spec §4, per small-image dataset: (TFDS name, classes, normalisation, augmentation, epochs).
+_SMALL_IMAGE_RECIPES = {
+    "cifar10": ("cifar10", 10, "cifar10", "cifar", 400.0),
+    "cifar100": ("cifar100", 100, "cifar100", "cifar", 400.0),
+    "svhn": ("svhn_cropped", 10, "svhn", "none", 40.0),
+}
+
+
+def small_image_recipe(dataset: str, network: str) -> ml_collections.ConfigDict:
+    """The official CIFAR/SVHN training setup (spec §4) for a network string such as `L24M2,D20`.
+
+    SGD with Nesterov momentum 0.9, L2 1e-4, batch 64, lr 0.1 ×0.1 at 1/2, 3/4, 7/8 of training.
+    """
+    name, classes, norm, augment, epochs = _SMALL_IMAGE_RECIPES[dataset]
+    c = base_config()
+    c.model = models.cifar_model(network)
+    c.dataset.update(name=name, num_classes=classes, image_size=32, normalization=norm,
+                     augment=augment)
+    c.update(batch_size=64, eval_batch_size=400, num_epochs=epochs, learning_rate=0.1,
+             momentum=0.9, nesterov=True, weight_decay=1e-4, lr_schedule="cifar", dtype="float32")
+    return c
+
+
+def imagenet_recipe(network: str) -> ml_collections.ConfigDict:
+    """The official ImageNet setup (spec §4) for one of spec §3's networks, by the paper's name.
+
+    Batch 256, lr 0.1 ×0.1 every 30 epochs, 100 epochs, bfloat16 compute; the evaluation batch
+    400 divides the 50,000 validation images and any device count up to 16.
+    """
+    c = base_config()
+    c.model = models.imagenet_model(network)
+    c.dataset.update(name="imagenet2012", num_classes=1000, image_size=224,
+                     normalization="imagenet", augment="imagenet")
+    c.update(batch_size=256, eval_batch_size=400, num_epochs=100.0, learning_rate=0.1,
+             momentum=0.9, nesterov=True, weight_decay=1e-4, lr_schedule="imagenet",
+             dtype="bfloat16")
+    return c
+
+
+def no_argument(path: str, arg: str | None) -> None:
+    """Experiment files that take no `:arg` refuse one with a one-line error."""
+    if arg:
+        raise ValueError(f"{path} takes no argument, got {arg!r}")
