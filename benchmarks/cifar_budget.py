@@ -1,11 +1,12 @@
 """Same recipe, same wall-clock budget: CIFAR-10 networks trained side by side on this machine.
 
-    python -m benchmarks.cifar_budget --minutes=40 --nets L24M2,D8 W16,D8 \
-        --data_dir=../shared/data/cifar10 --root=/tmp/cifar_budget
+    python -m benchmarks.cifar_budget --minutes=40 --nets L24M2,D8 W16,D8 W18,D8 L4M8,D8,sumfusion \
+        --data_dir=../shared/data/cifar10 --root=runs/cifar10_d8
+    python -m igc_jax.report runs/cifar10_d8 --out benchmarks/results/cifar10_d8_report
 
 The networks run side by side, at the same time, so that they share whatever load this machine
-has (it is shared and noisy); with two networks, `--minutes=40` gives each about 20 minutes of the
-whole machine. For each network a short calibration run (also side by side) measures training
+has (it is shared and noisy); with four networks, `--minutes=40` gives each about 10 minutes of
+the whole machine. For each network a short calibration run (also side by side) measures training
 images/s; the number of epochs that fits the budget at that rate becomes `num_epochs`, so the
 spec §4 schedule (×0.1 at 1/2, 3/4, 7/8) completes inside the budget, and `max_train_seconds`
 stops a run if the machine slows down. Results (images/s, epochs, test top-1, wall time):
@@ -41,15 +42,20 @@ def _records(workdir: Path) -> list[dict]:
     return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if l.strip()]
 
 
+def _calibration_dir(root: Path, net: str) -> Path:
+    """Beside the sweep root, so that `igc_jax.report <root>` sees only the real runs."""
+    return root.parent / f"{root.name}_calibration" / net.replace(",", "_")
+
+
 def calibrate(nets: list[str], data_flags: list[str], root: Path, steps: int = 40) -> list[float]:
     """Training images/s after compilation (the rate over the last half of a short run), side by side."""
-    procs = {net: _start(f"{CONFIG}:{net}", root / f"{net.replace(',', '_')}_calibration", *data_flags,
+    procs = {net: _start(f"{CONFIG}:{net}", _calibration_dir(root, net), *data_flags,
                          f"--config.num_train_steps={steps}", f"--config.log_every_steps={steps // 2}",
                          f"--config.eval_every_steps={10 * steps}",
                          f"--config.checkpoint_every_steps={10 * steps}") for net in nets}
     for net, proc in procs.items():
         _wait(f"calibration of {net}", proc)
-    return [[x for x in _records(root / f"{net.replace(',', '_')}_calibration")
+    return [[x for x in _records(_calibration_dir(root, net))
              if x["kind"] == "train"][-1]["images_per_sec"] for net in nets]
 
 

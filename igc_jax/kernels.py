@@ -145,3 +145,24 @@ def sum_fusion_kernel(C: int, M: int, dtype=jnp.float32):
 def igc_param_count(L: int, M: int, S: int) -> int:
     """Parameters (= multiply-adds per output pixel) of one IGC layer: L·M²·S + M·L²."""
     return L * M * M * S + M * L * L
+
+
+def four_branch_kernels(kernel):
+    """The paper's four-branch view of a regular convolution, as IGC kernels with L = 4, M = N.
+
+    Split a regular kernel (kh, kw, 2K, 2N) into input partitions b and output partitions a, so
+    y_a = Σ_b W_ab x_b. Primary branch l = 2a + b applies W_ab to partition b of the duplicated
+    input [x1, x2, x1, x2] = concat([x, x]); the fixed 0/1 secondary kernel cross-sums the branches
+    (output partition l' gets branches 2(l' mod 2) and 2(l' mod 2) + 1), so the IGC layer maps
+    concat([x, x]) to concat([y, y]). Returns (primary (kh, kw, K, 4N), secondary (1, 1, 4, 4N)).
+    """
+    kh, kw, cin, cout = kernel.shape
+    if cin % 2 or cout % 2:
+        raise ValueError(f"four_branch_kernels: kernel {kernel.shape} needs an even number of "
+                         f"input ({cin}) and output ({cout}) channels for 2 partitions each")
+    K, N = cin // 2, cout // 2
+    primary = jnp.concatenate([kernel[:, :, b * K:(b + 1) * K, a * N:(a + 1) * N]
+                               for a in range(2) for b in range(2)], axis=-1)
+    cross_sum = jnp.array([[1, 1, 0, 0], [0, 0, 1, 1]] * 2, kernel.dtype)  # [l', l]
+    secondary = jnp.tile(cross_sum.T, (1, N))[None, None]  # [0, 0, l, m'·4 + l'] = cross_sum[l', l]
+    return primary, secondary

@@ -63,7 +63,11 @@ class IGCConv(nn.Module):
 
     @property
     def secondary_groups(self) -> int:
-        return self.M if self.M is not None else self.features // self.L
+        if self.M is not None:
+            return self.M
+        if self.L <= 0:
+            raise ValueError(f"IGC layer: L={self.L} must be positive")
+        return self.features // self.L
 
     @nn.compact
     def __call__(self, x):

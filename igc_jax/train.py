@@ -217,12 +217,13 @@ class SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
     def __call__(self, step: int) -> bool:
-        if self.set:
-            return True
-        if jax.process_count() > 1:  # all hosts stop at the same step (TPU maintenance events)
-            from jax.experimental import multihost_utils
-            return multihost_utils.reached_preemption_sync_point(step)
-        return False
+        if jax.process_count() == 1:
+            return self.set
+        # Every process must stop at the same step: share the local flags, and ask JAX's
+        # preemption service (Cloud TPU maintenance events) too.
+        from jax.experimental import multihost_utils
+        flags = multihost_utils.process_allgather(np.asarray(self.set))
+        return bool(np.any(flags)) or multihost_utils.reached_preemption_sync_point(step)
 
 
 # ---------------------------------------------------------------- the loop
