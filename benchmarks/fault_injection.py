@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from run_utils import TINY, env_with_devices, final_params, main_cmd, run_main, train_losses  # noqa: E402
 
-FLAGS = (*TINY, "--config.num_train_steps=60", "--config.checkpoint_every_steps=4")
+FLAGS = (*TINY, "--config.num_train_steps=30", "--config.checkpoint_every_steps=4")
 
 
 def _last_logged_step(workdir: Path) -> int:

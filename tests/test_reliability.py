@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -102,31 +103,30 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, damage, capl
 
 
 def test_divergence_stops_naming_the_step_and_saves_nothing_non_finite(tmp_path):
-    wd = tmp_path / "run"
-    r = run_main(wd, *TINY, "--config.num_train_steps=3", "--config.checkpoint_every_steps=2")
-    assert r.returncode == 0, r.stderr[-2000:]
-    r = run_main(wd, *TINY, "--config.num_train_steps=30", "--config.checkpoint_every_steps=2",
-                 "--config.learning_rate=1e30", "--config.lr_schedule=constant")
-    assert r.returncode == 1
-    msg = r.stderr.strip().splitlines()[-1]
-    assert msg.startswith("error: ") and "step" in msg and "non-finite" in msg or "nan" in msg, msg
-    assert status(wd)["status"] == "failed"
-    p = final_params(wd)
+    train.train_and_evaluate(tiny_config(num_train_steps=3, checkpoint_every_steps=2), str(tmp_path))
+    c = tiny_config(num_train_steps=30, checkpoint_every_steps=2, learning_rate=1e30,
+                    lr_schedule="constant")
+    with pytest.raises(train.Diverged, match=r"non-finite .*step \d+|is nan at step \d+") as e:
+        train.train_and_evaluate(c, str(tmp_path))
+    assert re.search(r"last good checkpoint: step [34]\b", str(e.value)), str(e.value)
+    assert status(tmp_path)["status"] == "failed"
+    p = final_params(tmp_path)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(p["params"]))
 
 
 def test_changed_config_is_refused_unless_overridden(tmp_path):
     wd = tmp_path / "run"
-    assert run_main(wd, *TINY, "--config.num_train_steps=2").returncode == 0
+    train.train_and_evaluate(tiny_config(num_train_steps=2), str(wd))
     r = run_main(wd, *TINY, "--config.num_train_steps=4", "--config.model.depth=8")
     assert r.returncode == 2
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and "model.depth: 5 -> 8" in err[0] and "Traceback" not in r.stderr
-    # An override that keeps the network (here a renamed normalisation) resumes.
-    r = run_main(wd, *TINY, "--config.num_train_steps=4", "--config.dataset.augment=cifar",
-                 "--allow_config_change")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert status(wd)["step"] == 4
+    with pytest.raises(train.ConfigMismatch):
+        train.train_and_evaluate(tiny_config(num_train_steps=4, dataset__augment="cifar"), str(wd))
+    # An explicit override resumes (here the augmentation changed, the network did not).
+    st = train.train_and_evaluate(tiny_config(num_train_steps=4, dataset__augment="cifar"), str(wd),
+                                  allow_config_change=True)
+    assert st["status"] == "finished" and st["step"] == 4
 
 
 def _npz_dir(tmp_path: Path, labels, image_bytes=None) -> Path:

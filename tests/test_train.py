@@ -5,6 +5,7 @@ Every run here goes through `train_and_evaluate`, whose loop runs under
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 import jax
@@ -41,22 +42,25 @@ def test_weight_decay_is_added_to_every_gradient():
     np.testing.assert_allclose(updates["bn_scale"], [-2.0])
 
 
-def test_one_and_eight_devices_give_the_same_losses(tmp_path):
-    runs = {}
-    for n in (1, 8):
-        wd = tmp_path / f"dev{n}"
-        r = run_main(wd, *TINY, "--config.num_train_steps=5", devices=n)
-        assert r.returncode == 0, r.stderr[-2000:]
-        runs[n] = train_losses(wd)
-    assert len(runs[1]) == 5
-    np.testing.assert_allclose(runs[8], runs[1], rtol=1e-5)
-
-
-def test_two_processes_equal_one_process(tmp_path):
-    flags = (*TINY, "--config.num_train_steps=5")
-    ref = tmp_path / "one"
-    r = run_main(ref, *flags, devices=8)
+@pytest.fixture(scope="module")
+def eight_device_run(tmp_path_factory):
+    """5 steps of the tiny net on 8 simulated devices, as `python -m igc_jax.main` runs them."""
+    wd = tmp_path_factory.mktemp("eight") / "run"
+    r = run_main(wd, *TINY, "--config.num_train_steps=5", devices=8)
     assert r.returncode == 0, r.stderr[-2000:]
+    return wd
+
+
+def test_one_and_eight_devices_give_the_same_losses(tmp_path, eight_device_run):
+    assert jax.device_count() == 1
+    train.train_and_evaluate(tiny_config(num_train_steps=5), str(tmp_path))
+    one = train_losses(tmp_path)
+    assert len(one) == 5
+    np.testing.assert_allclose(train_losses(eight_device_run), one, rtol=1e-5)
+
+
+def test_two_processes_equal_one_process(tmp_path, eight_device_run):
+    flags = (*TINY, "--config.num_train_steps=5")
     wd, port = tmp_path / "two", free_port()
     env = env_with_devices(4, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
     procs = [subprocess.Popen(
@@ -66,8 +70,8 @@ def test_two_processes_equal_one_process(tmp_path):
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
-    np.testing.assert_allclose(train_losses(wd), train_losses(ref), rtol=1e-5)
-    a, b = final_params(wd), final_params(ref)
+    np.testing.assert_allclose(train_losses(wd), train_losses(eight_device_run), rtol=1e-5)
+    a, b = final_params(wd), final_params(eight_device_run)
     assert a["step"] == b["step"] == 5
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
                  a["params"], b["params"])
@@ -92,17 +96,14 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, monk
     np.testing.assert_array_equal(train_losses(tmp_path / "cut"), train_losses(tmp_path / "ref"))
 
 
-def test_checkpoint_from_eight_devices_restores_on_one(tmp_path):
+def test_checkpoint_from_eight_devices_restores_on_one(tmp_path, eight_device_run):
     wd = tmp_path / "run"
-    r = run_main(wd, *TINY, "--config.num_train_steps=2", devices=8)
-    assert r.returncode == 0, r.stderr[-2000:]
+    shutil.copytree(eight_device_run, wd)
     saved = final_params(wd)
-    r = run_main(wd, *TINY, "--config.num_train_steps=4", devices=1)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert status(wd)["step"] == 4
-    losses = train_losses(wd)
-    assert len(losses) == 4  # steps 1–2 on 8 devices, 3–4 after the restore on 1
-    assert saved["step"] == 2
+    assert saved["step"] == 5 and jax.device_count() == 1
+    st = train.train_and_evaluate(tiny_config(num_train_steps=7), str(wd))
+    assert st["status"] == "finished" and st["step"] == 7
+    assert len(train_losses(wd)) == 7  # steps 1–5 on 8 devices, 6–7 after the restore on 1
 
 
 @pytest.mark.slow
