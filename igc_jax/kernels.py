@@ -74,8 +74,13 @@ def mixing_matrix(secondary, L: int, M: int):
     shuffle has B = L, the second B = M (the official code's order).
     """
     dense = block_diagonal(secondary, M)[0, 0]  # (C, C), y3 = y2 @ dense
-    # y2 = shuffle(y1, L) = y1 @ P_Lᵀ; y4 = shuffle(y3, M) = y3 @ P_Mᵀ.
-    return shuffle(unshuffle(dense, L, axis=0), M, axis=1)
+    C = dense.shape[0]
+    # y2 = shuffle(y1, L) = y1 @ P_Lᵀ; y4 = shuffle(y3, M) = y3 @ P_Mᵀ; so Q = unshuffle(dense, L)
+    # on the rows (= shuffle with C/L) and shuffle(., M) on the columns. Static gathers rather than
+    # reshape/transpose: XLA 0.11's CPU compiler fails on the gradient of that form inside
+    # compose_kernel ("Symbolic expression is not a constant").
+    rows = jnp.take(dense, shuffle_indices(C, C // L), axis=0)
+    return jnp.take(rows, shuffle_indices(C, M), axis=1)
 
 
 def compose_kernel(primary, secondary, L: int, M: int):
