@@ -68,11 +68,15 @@ def run(nets: list[str], minutes: float, data_flags: list[str], root: Path) -> l
     procs = {net: _start(f"{CONFIG}:{net}", root / net.replace(",", "_"), *data_flags,
                          f"--config.num_epochs={e}", f"--config.max_train_seconds={budget}",
                          "--config.log_every_steps=50") for net, e in zip(nets, epochs)}
-    results = []
-    for (net, proc), ips, e in zip(procs.items(), rates, epochs):
-        _wait(net, proc)
-        results.append(_result(net, root / net.replace(",", "_"), ips, e, time.time() - t0))
-    return results
+    ended: dict[str, float] = {}
+    while len(ended) < len(procs):  # poll, so that each run's own wall time is recorded
+        for net, proc in procs.items():
+            if net not in ended and proc.poll() is not None:
+                ended[net] = time.time() - t0
+                _wait(net, proc)
+        time.sleep(1)
+    return [_result(net, root / net.replace(",", "_"), ips, e, ended[net])
+            for net, ips, e in zip(nets, rates, epochs)]
 
 
 def _result(net: str, workdir: Path, ips: float, epochs: float, wall: float) -> dict:
