@@ -46,9 +46,14 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def save(self, step: int, state: Any, data_state: dict) -> None:
-        """Save asynchronously; `wait()` blocks until it is on disk."""
+        """Save and wait until it is committed, so a kill never loses more than one interval.
+
+        (An asynchronous save still being written when the process dies would lose the steps
+        run during the write as well.)
+        """
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+        self.manager.wait_until_finished()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

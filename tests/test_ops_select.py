@@ -1,0 +1,139 @@
+"""`auto`'s choice per layer shape (igc_jax.ops.select_mode), and that every chosen mode is exact.
+
+The choices pin the CPU cost model (ops.cpu_costs) to the measurements it was fitted to
+(benchmarks/results/cpu.md); the equality checks run each mode `auto` can pick on a small layer of
+the same (L, M) family, outputs and all three gradients against `composed`.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from igc_jax import ops
+from igc_jax.layers import IGCConv
+
+# (L, M, C_in, C, stride) -> mode `auto` picks on CPU.
+CPU_CHOICES = {
+    (24, 2, 48, 48, 1): "taps",        # CIFAR IGC-L24M2 stage 1
+    (24, 4, 48, 96, 2): "composed",    # its first stride-2 layer
+    (24, 2, 48, 96, 2): "composed",    # the same layer in the residual net (quirk: M = C_in/L)
+    (24, 4, 96, 96, 1): "taps",        # stage 2
+    (24, 8, 96, 192, 2): "split",      # first layer of stage 3 (stride 2)
+    (24, 8, 192, 192, 1): "split",     # stage 3: 24 convs of 8 channels at 8×8
+    (4, 8, 32, 32, 1): "composed",     # CIFAR IGC-L4M8 stage 1
+    (64, 1, 64, 64, 1): "taps",        # Xception-like M = 1
+    (8, 8, 64, 64, 1): "split",
+    (4, 32, 128, 128, 1): "split",     # ImageNet IGC-L4M32 stage 1
+    (16, 16, 256, 256, 1): "split",    # ImageNet IGC-L16M16 stage 1
+    (100, 2, 200, 200, 1): "taps",     # ImageNet IGC-L100M2 stage 1
+    (200, 2, 200, 400, 2): "taps",     # its first stride-2 layer
+    (1, 48, 48, 48, 1): "composed",    # L = 1: a regular convolution
+}
+
+
+def _shape(L, M, C_in, C, stride):
+    return ops.LayerShape(L=L, M=M, C_in=C_in, C=C, strides=(stride, stride))
+
+
+@pytest.mark.parametrize("key,mode", sorted(CPU_CHOICES.items()))
+def test_cpu_choice(key, mode):
+    assert ops.select_mode("cpu", _shape(*key)) == mode
+
+
+def test_other_backends_and_no_shape():
+    assert ops.select_mode("gpu", _shape(24, 2, 48, 48, 1)) == "grouped"
+    assert ops.select_mode("tpu", _shape(4, 32, 128, 128, 1)) == "grouped"
+    assert ops.select_mode("cpu") == "composed"
+
+
+def test_choice_is_cheapest_modelled_mode():
+    for key in CPU_CHOICES:
+        costs = ops.cpu_costs(_shape(*key))
+        assert costs[ops.select_mode("cpu", _shape(*key))] == min(costs.values())
+
+
+def test_taps_not_offered_for_wide_groups():
+    # 3·3·32 = 288 terms > TAPS_MAX_TERMS: the fusion would be huge.
+    assert "taps" not in ops.cpu_costs(_shape(4, 32, 128, 128, 1))
+
+
+def test_every_chosen_mode_is_registered():
+    assert {ops.select_mode("cpu", _shape(*k)) for k in CPU_CHOICES} <= set(ops.MODES)
+
+
+def _small(L, M, C_in, C, stride):
+    """(C_in, C) of a smaller layer with the same L and M, to keep the test fast."""
+    for d in (8, 4, 2):
+        if C_in % (d * L) == 0 and C % (d * L) == 0 and (C // d) % M == 0:
+            return C_in // d, C // d
+    return C_in, C
+
+
+@pytest.mark.parametrize("key", sorted(CPU_CHOICES))
+def test_chosen_mode_equals_composed(key):
+    L, M, C_in, C, stride = key
+    mode = CPU_CHOICES[key]
+    if mode == "composed":
+        pytest.skip("the reference itself")
+    C_in, C = _small(L, M, C_in, C, stride)
+    k = jax.random.split(jax.random.key(sum(key)), 4)
+    x = jax.random.normal(k[0], (2, 7, 6, C_in))
+    p = jax.random.normal(k[1], (3, 3, C_in // L, C)) / np.sqrt(9 * C_in / L)
+    s = jax.random.normal(k[2], (1, 1, C // M, C)) / np.sqrt(C / M)
+    pad = ((1, 1), (1, 1))
+
+    def f(m):
+        return lambda x, p, s: ops.MODES[m](x, p, s, L=L, M=M, strides=(stride, stride),
+                                            padding=pad)
+
+    ref, got = f("composed")(x, p, s), f(mode)(x, p, s)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    ct = jax.random.normal(k[3], ref.shape)
+    g_ref = jax.grad(lambda *a: jnp.sum(f("composed")(*a) * ct), (0, 1, 2))(x, p, s)
+    g_got = jax.grad(lambda *a: jnp.sum(f(mode)(*a) * ct), (0, 1, 2))(x, p, s)
+    for a, b in zip(g_ref, g_got):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["taps", "split"])
+@pytest.mark.parametrize("stride,padding", [((1, 1), ((1, 1), (1, 1))),
+                                            ((2, 2), ((1, 1), (1, 1))),
+                                            ((2, 1), ((0, 1), (2, 1)))])
+def test_new_modes_strides_and_padding(mode, stride, padding):
+    """Odd sizes, strides, asymmetric padding and M ≠ C/L (the residual quirk) stay exact."""
+    L, M, C_in, C = 4, 2, 8, 16
+    k = jax.random.split(jax.random.key(3), 4)
+    x = jax.random.normal(k[0], (3, 9, 7, C_in))
+    p = jax.random.normal(k[1], (3, 3, C_in // L, C))
+    s = jax.random.normal(k[2], (1, 1, C // M, C))
+
+    def f(m):
+        return lambda x, p, s: ops.MODES[m](x, p, s, L=L, M=M, strides=stride, padding=padding)
+
+    ref = f("composed")(x, p, s)
+    np.testing.assert_allclose(f(mode)(x, p, s), ref, rtol=1e-4, atol=1e-4)
+    ct = jax.random.normal(k[3], ref.shape)
+    g_ref = jax.grad(lambda *a: jnp.sum(f("composed")(*a) * ct), (0, 1, 2))(x, p, s)
+    g_got = jax.grad(lambda *a: jnp.sum(f(mode)(*a) * ct), (0, 1, 2))(x, p, s)
+    for a, b in zip(g_ref, g_got):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_layer_uses_shape_choice(monkeypatch):
+    """IGCConv(mode='auto') calls the mode `select_mode` picks for its own shape."""
+    calls = []
+    original = ops.MODES["taps"]
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["L"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setitem(ops.MODES, "taps", spy)
+    layer = IGCConv(48, L=24, M=2)
+    x = jnp.ones((1, 5, 5, 48))
+    if jax.default_backend() != "cpu":
+        pytest.skip("auto picks taps on CPU only")
+    layer.init(jax.random.key(0), x)
+    assert calls == [24]
