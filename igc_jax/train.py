@@ -343,11 +343,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 if out_of_time:
                     status["message"] = f"time budget of {config.max_train_seconds:.0f}s reached at step {step}"
                     break
-        checkpointer.wait()
         status["status"] = "finished"
         return status
     except Preempted as e:
-        checkpointer.wait()
         status.update(status="preempted", step=step, message=str(e))
         raise
     except Exception as e:
