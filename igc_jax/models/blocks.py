@@ -11,7 +11,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from igc_jax.layers import IGCConv, he_normal, same_padding
+from igc_jax.layers import IGCConv, PointwiseConv, he_normal, same_padding
 
 # BatchNorm epsilon of every official network (spec §2).
 BN_EPSILON = 2e-5
@@ -31,9 +31,10 @@ def conv(x, features: int, kernel: int, strides: int, *, name: str, groups: int 
     XLA's 'SAME' pads a stride-2 layer asymmetrically (more at the end), which shifts the sampling
     grid against the official models, so the padding is always explicit.
     """
-    return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
-                   padding=same_padding((kernel, kernel)), feature_group_count=groups,
-                   use_bias=False, kernel_init=he_normal, dtype=dtype, name=name)(x)
+    conv_type = PointwiseConv if kernel == 1 else nn.Conv  # the 1×1 projections
+    return conv_type(features, (kernel, kernel), strides=(strides, strides),
+                     padding=same_padding((kernel, kernel)), feature_group_count=groups,
+                     use_bias=False, kernel_init=he_normal, dtype=dtype, name=name)(x)
 
 
 def igc(x, features: int, strides: int, *, L: int, M: int, sum_fusion: bool, conv_mode: str,
