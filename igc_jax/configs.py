@@ -27,8 +27,7 @@ from __future__ import annotations
 import ml_collections
 
 from igc_jax import models
-
-DATASETS = ("cifar10", "cifar100", "svhn_cropped", "imagenet2012", "digits", "arrays")
+from igc_jax.data import DATASETS  # the names the input pipeline can read: one list, not two
 LR_SCHEDULES = ("cifar", "imagenet", "constant")
 DTYPES = ("float32", "bfloat16")
 
