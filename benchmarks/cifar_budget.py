@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from igc_jax.metrics_log import read_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "experiments" / "cifar10_igc.py"
 TRAIN_IMAGES = 50_000
@@ -39,7 +41,7 @@ def _wait(name: str, proc: subprocess.Popen) -> None:
 
 
 def _records(workdir: Path) -> list[dict]:
-    return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    return read_metrics(workdir / "metrics.jsonl")
 
 
 def _calibration_dir(root: Path, net: str) -> Path:

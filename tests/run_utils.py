@@ -62,8 +62,9 @@ def free_port() -> int:
 
 
 def train_losses(workdir: Path) -> np.ndarray:
-    recs = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return np.array([r["loss"] for r in recs if r["kind"] == "train"])
+    from igc_jax.metrics_log import read_metrics
+    return np.array([r["loss"] for r in read_metrics(workdir / "metrics.jsonl")
+                     if r["kind"] == "train"])
 
 
 def status(workdir: Path) -> dict:
