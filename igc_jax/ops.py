@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from igc_jax import kernels
+from igc_jax import kernels, native
 
 Padding = Sequence[tuple[int, int]]
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -235,12 +235,24 @@ def igc_split(x, primary, secondary, *, L, M, strides=(1, 1), padding=((1, 1), (
     return y1 @ kernels.mixing_matrix(secondary, L, M).astype(y1.dtype)
 
 
+def igc_native(x, primary, secondary, *, L, M, strides=(1, 1), padding=((1, 1), (1, 1))):
+    """Primary conv by the C++ FFI kernel (igc_jax/native, CPU); the rest as one matmul.
+
+    The kernel does the primary conv's own S·C_in·C/L multiply-adds per pixel, vectorised along the
+    NHWC channels, forward and backward. Shuffle(L), secondary conv and shuffle(M) are one C×C
+    matrix (`kernels.mixing_matrix`) applied by one XLA matmul.
+    """
+    y1 = native.primary_conv(x, primary, L, tuple(strides), tuple(map(tuple, padding)))
+    return y1 @ kernels.mixing_matrix(secondary, L, M).astype(y1.dtype)
+
+
 MODES: dict[str, Callable] = {
     "grouped": igc_grouped,
     "composed": igc_composed,
     "shift": igc_shift,
     "taps": igc_taps,
     "split": igc_split,
+    "native": igc_native,
 }
 
 

@@ -1,0 +1,176 @@
+"""The IGC primary convolution as a C++ XLA FFI kernel for CPU (igc_primary.cc), built on first use.
+
+Why native code: on CPU, XLA's grouped convolution and every pure-XLA rewrite of it (ops.py) stay
+3-20× above the layer's roofline; this kernel does exactly the primary conv's multiply-adds,
+vectorised along NHWC channels, in one pass over memory (benchmarks/results/cpu.md).
+
+The shared library is compiled with the system's C++ compiler (`$CXX`, else g++) against jaxlib's
+FFI headers the first time it is needed, and cached in `$IGC_JAX_NATIVE_CACHE` (default
+~/.cache/igc_jax/native) under a name that hashes the source, compiler, flags, jaxlib and CPU;
+`available()` is False (with `build_error()` saying why) when that fails, and `auto` then uses the
+pure-XLA modes.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SOURCE = pathlib.Path(__file__).with_name("igc_primary.cc")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
+TARGETS = {"igc_primary_forward": "IgcPrimaryForward",
+           "igc_primary_kernel_grad": "IgcPrimaryKernelGrad"}
+
+
+class NativeUnavailable(RuntimeError):
+    """The C++ kernel could not be built or loaded here."""
+
+
+def _cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _library_path(compiler: str) -> pathlib.Path:
+    key = "\n".join([SOURCE.read_text(), compiler, " ".join(FLAGS), jax.__version__,
+                     jax.ffi.include_dir(), platform.machine(), _cpu_model()])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    cache = pathlib.Path(os.environ.get("IGC_JAX_NATIVE_CACHE",
+                                        pathlib.Path.home() / ".cache" / "igc_jax" / "native"))
+    return cache / f"igc_primary-{digest}.so"
+
+
+def _build() -> pathlib.Path:
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not compiler:
+        raise NativeUnavailable("no C++ compiler found (set $CXX or install g++)")
+    path = _library_path(compiler)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename: concurrent processes never load a half-written file.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    cmd = [compiler, *FLAGS, "-isystem", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        os.unlink(tmp)
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise NativeUnavailable(f"compiling {SOURCE.name} failed: {last}")
+    os.replace(tmp, path)
+    return path
+
+
+@functools.cache
+def _register() -> str | None:
+    """Build, load and register the FFI targets once per process; the error text, or None."""
+    import ctypes
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(_build()))
+        for name, symbol in TARGETS.items():
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                        platform="cpu")
+    except (NativeUnavailable, OSError, AttributeError) as e:
+        return str(e)
+    return None
+
+
+def available() -> bool:
+    """Whether the native kernel is built and registered (builds it on the first call)."""
+    return jax.default_backend() == "cpu" and _register() is None
+
+
+def build_error() -> str | None:
+    """Why `available()` is False, or None."""
+    if jax.default_backend() != "cpu":
+        return f"the native kernel is CPU-only (backend: {jax.default_backend()})"
+    return _register()
+
+
+def _require() -> None:
+    error = build_error()
+    if error:
+        raise NativeUnavailable(f"IGC mode 'native' is unavailable: {error}")
+
+
+def _attrs(L, strides, padding) -> dict:
+    (pt, _), (pl, _) = padding
+    return dict(L=np.int64(L), sh=np.int64(strides[0]), sw=np.int64(strides[1]),
+                pt=np.int64(pt), pl=np.int64(pl))
+
+
+def _out_hw(x_shape, kernel_shape, strides, padding):
+    (pt, pb), (pl, pr) = padding
+    Ho = (x_shape[1] + pt + pb - kernel_shape[0]) // strides[0] + 1
+    Wo = (x_shape[2] + pl + pr - kernel_shape[1]) // strides[1] + 1
+    return Ho, Wo
+
+
+def _compute_dtype(dtype):
+    """The kernel runs in float32 or float64; other floats (bfloat16) are computed in float32."""
+    return dtype if dtype in (jnp.float32, jnp.float64) else jnp.float32
+
+
+def _forward(x, w, L, strides, padding):
+    _require()
+    Ho, Wo = _out_hw(x.shape, w.shape, strides, padding)
+    dt = _compute_dtype(x.dtype)
+    out = jax.ShapeDtypeStruct((x.shape[0], Ho, Wo, w.shape[3]), dt)
+    y = jax.ffi.ffi_call("igc_primary_forward", out, vmap_method="sequential")(
+        x.astype(dt), w.astype(dt), **_attrs(L, strides, padding))
+    return y.astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def primary_conv(x, w, L: int, strides: tuple, padding: tuple):
+    """The primary group conv of an IGC layer: x NHWC, w (kh, kw, C_in/L, C), explicit padding."""
+    return _forward(x, w, L, strides, padding)
+
+
+def _primary_fwd(x, w, L, strides, padding):
+    return _forward(x, w, L, strides, padding), (x, w)
+
+
+def _input_grad(dy, w, L, strides, padding, x_shape):
+    """dx as a stride-1 primary conv of the stride-dilated, padded dy with the flipped kernel.
+
+    dx[h, (l, ci)] = Σ_{i', j', o} dyd[h + i', w + j', (l, o)] · w[kh-1-i', kw-1-j', ci, (l, o)]:
+    the same L groups with the roles of C_in/L and C/L swapped, so the forward kernel computes it.
+    """
+    kh, kw, cin_g, C = w.shape
+    _, H, W, _ = x_shape
+    Ho, Wo = dy.shape[1:3]
+    (pt, _), (pl, _) = padding
+    sh, sw = strides
+    cfg_h = (kh - 1 - pt, H - 1 + pt - (Ho - 1) * sh, sh - 1)
+    cfg_w = (kw - 1 - pl, W - 1 + pl - (Wo - 1) * sw, sw - 1)
+    dyd = jax.lax.pad(dy, jnp.zeros((), dy.dtype), ((0, 0, 0), cfg_h, cfg_w, (0, 0, 0)))
+    wt = w[::-1, ::-1].reshape(kh, kw, cin_g, L, C // L).transpose(0, 1, 4, 3, 2)
+    return _forward(dyd, wt.reshape(kh, kw, C // L, L * cin_g), L, (1, 1), ((0, 0), (0, 0)))
+
+
+def _primary_bwd(L, strides, padding, residuals, dy):
+    x, w = residuals
+    dt = _compute_dtype(x.dtype)
+    dx = _input_grad(dy, w, L, strides, padding, x.shape)
+    dw = jax.ffi.ffi_call("igc_primary_kernel_grad", jax.ShapeDtypeStruct(w.shape, dt),
+                          vmap_method="sequential")(x.astype(dt), dy.astype(dt),
+                                                    **_attrs(L, strides, padding))
+    return dx, dw.astype(w.dtype)
+
+
+primary_conv.defvjp(_primary_fwd, _primary_bwd)
