@@ -243,7 +243,7 @@ def igc_native(x, primary, secondary, *, L, M, strides=(1, 1), padding=((1, 1), 
     matrix (`kernels.mixing_matrix`) applied by one XLA matmul.
     """
     y1 = native.primary_conv(x, primary, L, tuple(strides), tuple(map(tuple, padding)))
-    return y1 @ kernels.mixing_matrix(secondary, L, M).astype(y1.dtype)
+    return native.mix(y1, kernels.mixing_matrix(secondary, L, M).astype(y1.dtype))
 
 
 MODES: dict[str, Callable] = {

@@ -28,7 +28,8 @@ import numpy as np
 SOURCE = pathlib.Path(__file__).with_name("igc_primary.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 TARGETS = {"igc_primary_forward": "IgcPrimaryForward",
-           "igc_primary_kernel_grad": "IgcPrimaryKernelGrad"}
+           "igc_primary_kernel_grad": "IgcPrimaryKernelGrad",
+           "igc_mixing_grad": "IgcMixingGrad"}
 
 
 class NativeUnavailable(RuntimeError):
@@ -174,3 +175,29 @@ def _primary_bwd(L, strides, padding, residuals, dy):
 
 
 primary_conv.defvjp(_primary_fwd, _primary_bwd)
+
+
+@jax.custom_vjp
+def mix(y1, Q):
+    """y1 @ Q over the channels of NHWC y1: XLA's dot forward; Q's gradient by the C++ kernel.
+
+    dQ = y1ᵀ·dy contracts over every pixel; XLA's CPU dot first copies both operands transposed
+    (channel-major), which took longer than the product itself (benchmarks/results/cpu.md).
+    """
+    return y1 @ Q
+
+
+def _mix_fwd(y1, Q):
+    return y1 @ Q, (y1, Q)
+
+
+def _mix_bwd(residuals, dy):
+    y1, Q = residuals
+    _require()
+    dt = _compute_dtype(y1.dtype)
+    dQ = jax.ffi.ffi_call("igc_mixing_grad", jax.ShapeDtypeStruct(Q.shape, dt),
+                          vmap_method="sequential")(y1.astype(dt), dy.astype(dt))
+    return dy @ Q.T, dQ.astype(Q.dtype)
+
+
+mix.defvjp(_mix_fwd, _mix_bwd)

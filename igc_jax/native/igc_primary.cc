@@ -507,6 +507,90 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer
   }
 }
 
+// ---- dQ = y1ᵀ · dy for the C×C mixing matrix (shuffle, secondary conv, shuffle) of an IGC layer:
+// a contraction over all N·H·W pixels that XLA's CPU dot runs through a transposed copy of both
+// operands. Register tiles of 4 rows × 2 vectors accumulate over blocks of pixels; partial sums
+// per fixed chunk of images (not per thread) keep the result reproducible.
+
+template <typename T>
+void OuterTile(const T* a, const T* b, int64_t p0, int64_t p1, int64_t C, int64_t D, int64_t c,
+               int64_t d, T* out) {
+  using Ln = Lanes<T>;
+  constexpr int R = 4;
+  typename Ln::Vec acc[R][2] = {};
+  for (int64_t p = p0; p < p1; ++p) {
+    const auto b0 = Ln::Load(b + p * D + d), b1 = Ln::Load(b + p * D + d + Ln::V);
+    const T* ap = a + p * C + c;
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      acc[r][0] += ap[r] * b0;
+      acc[r][1] += ap[r] * b1;
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int h = 0; h < 2; ++h) {
+      T* o = out + (c + r) * D + d + h * Ln::V;
+      Ln::Store(o, Ln::Load(o) + acc[r][h]);
+    }
+}
+
+// out (C×D) = Σ_p a[p, :]ᵀ b[p, :] over pixels [0, P).
+template <typename T>
+void OuterChunk(const T* a, const T* b, int64_t P, int64_t C, int64_t D, T* out) {
+  constexpr int64_t kBlock = 128;  // pixels per pass: a and b blocks stay in L2
+  const int64_t W2 = 2 * Lanes<T>::V, Cr = C - C % 4, Dv = D - D % W2;
+  std::fill(out, out + C * D, T(0));
+  for (int64_t p0 = 0; p0 < P; p0 += kBlock) {
+    const int64_t p1 = std::min(P, p0 + kBlock);
+    for (int64_t c = 0; c < Cr; c += 4)
+      for (int64_t d = 0; d < Dv; d += W2) OuterTile(a, b, p0, p1, C, D, c, d, out);
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t d = (c < Cr ? Dv : 0); d < D; ++d) {
+        T s = 0;
+        for (int64_t p = p0; p < p1; ++p) s += a[p * C + c] * b[p * D + d];
+        out[c * D + d] += s;
+      }
+  }
+}
+
+template <typename T>
+void Outer(ffi::ThreadPool& pool, const T* a, const T* b, int64_t N, int64_t HW, int64_t C,
+           int64_t D, T* out) {
+  const int64_t per_chunk = std::max<int64_t>(1, 1024 / HW);  // images per partial sum
+  const int64_t chunks = (N + per_chunk - 1) / per_chunk;
+  std::vector<T> partial(chunks * C * D);
+  ParallelFor(pool, chunks, [&](int64_t k) {
+    const int64_t n0 = k * per_chunk, n1 = std::min(N, n0 + per_chunk);
+    OuterChunk(a + n0 * HW * C, b + n0 * HW * D, (n1 - n0) * HW, C, D, partial.data() + k * C * D);
+  });
+  std::copy(partial.begin(), partial.begin() + C * D, out);
+  for (int64_t k = 1; k < chunks; ++k)
+    for (int64_t i = 0; i < C * D; ++i) out[i] += partial[k * C * D + i];
+}
+
+ffi::Error OuterImpl(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b,
+                     ffi::Result<ffi::AnyBuffer> out) {
+  auto ad = a.dimensions();
+  auto bd = b.dimensions();
+  if (ad.size() != 4 || bd.size() != 4 || ad[0] != bd[0] || ad[1] * ad[2] != bd[1] * bd[2])
+    return ffi::Error::InvalidArgument("igc_mixing_grad: a and b must be NHWC with equal N, H, W");
+  if (a.element_type() != b.element_type())
+    return ffi::Error::InvalidArgument("igc_mixing_grad: a and b must share a dtype");
+  const int64_t N = ad[0], HW = ad[1] * ad[2], C = ad[3], D = bd[3];
+  switch (a.element_type()) {
+    case ffi::DataType::F32:
+      Outer(pool, a.typed_data<float>(), b.typed_data<float>(), N, HW, C, D,
+            out->typed_data<float>());
+      return ffi::Error::Success();
+    case ffi::DataType::F64:
+      Outer(pool, a.typed_data<double>(), b.typed_data<double>(), N, HW, C, D,
+            out->typed_data<double>());
+      return ffi::Error::Success();
+    default:
+      return ffi::Error::InvalidArgument("igc_mixing_grad: float32 or float64 only");
+  }
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IgcPrimaryForward, PrimaryForwardImpl,
@@ -532,3 +616,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(IgcPrimaryKernelGrad, KernelGradImpl,
                                   .Attr<int64_t>("sw")
                                   .Attr<int64_t>("pt")
                                   .Attr<int64_t>("pl"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IgcMixingGrad, OuterImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
