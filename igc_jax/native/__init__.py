@@ -147,21 +147,23 @@ def _primary_fwd(x, w, L, strides, padding):
 
 
 def _input_grad(dy, w, L, strides, padding, x_shape):
-    """dx as a stride-1 primary conv of the stride-dilated, padded dy with the flipped kernel.
+    """dx as a stride-1 primary conv of dy (dilated by the stride) with the flipped kernel.
 
-    dx[h, (l, ci)] = Σ_{i', j', o} dyd[h + i', w + j', (l, o)] · w[kh-1-i', kw-1-j', ci, (l, o)]:
-    the same L groups with the roles of C_in/L and C/L swapped, so the forward kernel computes it.
+    dx[h, (l, ci)] = Σ_{i', j', o} dyd[h + i' - p', ...] · w[kh-1-i', kw-1-j', ci, (l, o)] with
+    p' = kh-1-pt: the same L groups with the roles of C_in/L and C/L swapped, so the forward
+    kernel computes it, padding included. Strided layers first spread dy on the input grid.
     """
     kh, kw, cin_g, C = w.shape
     _, H, W, _ = x_shape
-    Ho, Wo = dy.shape[1:3]
     (pt, _), (pl, _) = padding
     sh, sw = strides
-    cfg_h = (kh - 1 - pt, H - 1 + pt - (Ho - 1) * sh, sh - 1)
-    cfg_w = (kw - 1 - pl, W - 1 + pl - (Wo - 1) * sw, sw - 1)
-    dyd = jax.lax.pad(dy, jnp.zeros((), dy.dtype), ((0, 0, 0), cfg_h, cfg_w, (0, 0, 0)))
+    if (sh, sw) != (1, 1):
+        dy = jax.lax.pad(dy, jnp.zeros((), dy.dtype),
+                         ((0, 0, 0), (0, 0, sh - 1), (0, 0, sw - 1), (0, 0, 0)))
+    top, left = kh - 1 - pt, kw - 1 - pl  # bottom, right: whatever makes the output H × W
+    pad = ((top, H + kh - 1 - dy.shape[1] - top), (left, W + kw - 1 - dy.shape[2] - left))
     wt = w[::-1, ::-1].reshape(kh, kw, cin_g, L, C // L).transpose(0, 1, 4, 3, 2)
-    return _forward(dyd, wt.reshape(kh, kw, C // L, L * cin_g), L, (1, 1), ((0, 0), (0, 0)))
+    return _forward(dy, wt.reshape(kh, kw, C // L, L * cin_g), L, (1, 1), pad)
 
 
 def _primary_bwd(L, strides, padding, residuals, dy):

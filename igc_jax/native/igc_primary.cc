@@ -257,18 +257,18 @@ struct Rotation {
   static int64_t Source(int64_t c, int M, int r) { return c - c % M + (c % M + r) % M; }
 };
 
-// Copies padded row hp of image x_n (zeros outside the image): row[wp][c].
+// Copies padded row hp of image x_n (zeros outside the image): row[wp][c], one block copy.
 template <typename T>
 void PadRow(const Geometry& g, const T* x_n, int64_t hp, T* row) {
-  const int64_t h = hp - g.pt;
-  for (int64_t wp = 0; wp < g.Wp; ++wp) {
-    const int64_t w = wp - g.pl;
-    T* out = row + wp * g.Cin;
-    if (h < 0 || h >= g.H || w < 0 || w >= g.W)
-      std::fill(out, out + g.Cin, T(0));
-    else
-      std::copy(x_n + (h * g.W + w) * g.Cin, x_n + (h * g.W + w + 1) * g.Cin, out);
+  const int64_t h = hp - g.pt, width = g.Wp * g.Cin;
+  const int64_t first = std::min(g.pl, g.Wp), last = std::min(g.Wp, g.pl + g.W);  // image columns
+  if (h < 0 || h >= g.H || first >= last) {
+    std::fill(row, row + width, T(0));
+    return;
   }
+  std::fill(row, row + first * g.Cin, T(0));
+  std::copy(x_n + h * g.W * g.Cin, x_n + (h * g.W + last - g.pl) * g.Cin, row + first * g.Cin);
+  std::fill(row + last * g.Cin, row + width, T(0));
 }
 
 template <typename T>
