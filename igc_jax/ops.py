@@ -268,6 +268,11 @@ class LayerShape:
 
 
 # CPU cost model of `select_mode`, in multiply-adds per output pixel at the dense conv rate.
+# `native` (the C++ kernel, igc_jax/native) does the primary conv's own S·C_in·C/L multiply-adds
+# as vector FMAs plus the C² mixing matmul, at about NATIVE_COST each. For square groups
+# (C_in/L = C/L dividing 8, 3×3) it rotates lanes in registers; otherwise it first gathers every
+# padded input pixel into a C_in/L × C expansion, NATIVE_GATHER_COST per element, which makes it
+# lose to `split` for wide groups (ImageNet L4M32, L16M16).
 # `composed` does C_in·C·S MACs as one dense conv. `taps` is bound by memory passes over its
 # channel-major planes (layout changes, padding, the accumulators of the weight gradient): about
 # TAPS_PASS_COST per input channel (× stride², the input pixels per output pixel) and per output
@@ -276,11 +281,13 @@ class LayerShape:
 # faster per MAC below ~SPLIT_MIN_WIDTH input channels, and many groups mean many small convs, so
 # only up to SPLIT_MAX_GROUPS groups are considered. Beyond TAPS_MAX_TERMS terms (S·C_in/L) the
 # taps fusions and its gradient accumulator (terms × output size) grow too large.
-# Fitted to fwd+bwd at batch 64 on the 2-core machine when quiet (ms, taps / composed / split;
-# the shared machine's load moves single timings by 2×, benchmarks/results/cpu.md): L24M2 stage 1
-# 80 / 124 / 149, its 48→96 stride-2 layer 60 / 48 / 47, stage 2 47 / 61 / 48, stage 3
-# 45 / 58 / 18; L4M8 124 / 42 / 56; L8M8 485 / 192 / 180; L64M1 177 / 187 / –; ImageNet L4M32
-# stage 1 (batch 8) – / 332 / 148 (benchmarks/results/cpu.md has the full table).
+# Fitted to fwd+bwd at batch 64 on the 2-core machine (ms, native / taps / composed / split;
+# the shared machine's load moves single timings by 2×, benchmarks/results/cpu.md has the full
+# table): L24M2 stage 1 14 / 97 / 75 / 152, its 48→96 stride-2 layer 25 / 52 / 33 / 52, stage 2
+# 9 / 33 / 43 / 45, stage 3 9 / 28 / 42 / 16; L4M8 stage 1 15 / 84 / 29 / 43; ImageNet (batch 8)
+# L4M32 stage 1 306 / – / 107 / 92, L16M16 458 / – / 494 / 159, L100M2 64 / 248 / 425 / –.
+NATIVE_COST = 1.2
+NATIVE_GATHER_COST = 60.0
 TAPS_PASS_COST = 100.0
 TAPS_FMA_COST = 4.0
 TAPS_MAX_TERMS = 72
@@ -288,11 +295,20 @@ SPLIT_MIN_WIDTH = 48
 SPLIT_MAX_GROUPS = 24
 
 
-def cpu_costs(shape: LayerShape) -> dict[str, float]:
+def native_rotates(shape: LayerShape) -> bool:
+    """Whether the native kernel takes its in-register path (no gathered expansion)."""
+    g = shape.C_in // shape.L
+    return shape.kernel == (3, 3) and shape.C // shape.L == g and 8 % g == 0
+
+
+def cpu_costs(shape: LayerShape, with_native: bool = True) -> dict[str, float]:
     """Modelled cost per output pixel of each mode `select_mode` considers on CPU."""
     S = shape.kernel[0] * shape.kernel[1]
     C_in, C, L = shape.C_in, shape.C, shape.L
     costs = {"composed": float(C_in * C * S)}
+    if with_native:
+        gather = 0.0 if native_rotates(shape) else NATIVE_GATHER_COST * (C_in // L) * C
+        costs["native"] = NATIVE_COST * (S * (C_in // L) * C + C * C) + gather
     terms = S * (C_in // L)
     if terms <= TAPS_MAX_TERMS:
         passes = C_in * shape.strides[0] * shape.strides[1] + C
@@ -302,12 +318,14 @@ def cpu_costs(shape: LayerShape) -> dict[str, float]:
     return costs
 
 
-def select_mode(backend: str | None = None, shape: LayerShape | None = None) -> str:
+def select_mode(backend: str | None = None, shape: LayerShape | None = None,
+                with_native: bool | None = None) -> str:
     """The mode `auto` uses for a layer shape on a backend.
 
     GPU/TPU: `grouped` (cuDNN/XLA grouped convolutions are native there). CPU: XLA's grouped
     convolution is 5-50× slower than a dense one (and its gradient seconds per call), so never
-    `grouped`; the cheapest of `composed`, `taps` and `split` under `cpu_costs`. `shift` (tiny
+    `grouped`; the cheapest of `native` (when its C++ kernel builds here: `with_native` defaults
+    to `native.available()`), `composed`, `taps` and `split` under `cpu_costs`. `shift` (tiny
     matmuls over the groups) was slower than that choice on every measured shape. Without a
     shape: `composed`, correct and never pathological.
     """
@@ -316,7 +334,9 @@ def select_mode(backend: str | None = None, shape: LayerShape | None = None) -> 
         return "grouped"
     if shape is None:
         return "composed"
-    costs = cpu_costs(shape)
+    if with_native is None:
+        with_native = native.available()
+    costs = cpu_costs(shape, with_native)
     return min(costs, key=costs.get)
 
 

@@ -11,35 +11,57 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from igc_jax import ops
+from igc_jax import native, ops
 from igc_jax.layers import IGCConv
 
-# (L, M, C_in, C, stride) -> mode `auto` picks on CPU.
+# (L, M, C_in, C, stride) -> mode `auto` picks on CPU, with the native kernel built.
 CPU_CHOICES = {
-    (24, 2, 48, 48, 1): "taps",        # CIFAR IGC-L24M2 stage 1
-    (24, 4, 48, 96, 2): "composed",    # its first stride-2 layer
-    (24, 2, 48, 96, 2): "composed",    # the same layer in the residual net (quirk: M = C_in/L)
-    (24, 4, 96, 96, 1): "taps",        # stage 2
-    (24, 8, 96, 192, 2): "split",      # first layer of stage 3 (stride 2)
-    (24, 8, 192, 192, 1): "split",     # stage 3: 24 convs of 8 channels at 8×8
-    (4, 8, 32, 32, 1): "composed",     # CIFAR IGC-L4M8 stage 1
-    (64, 1, 64, 64, 1): "taps",        # Xception-like M = 1
-    (8, 8, 64, 64, 1): "split",
-    (4, 32, 128, 128, 1): "split",     # ImageNet IGC-L4M32 stage 1
+    (24, 2, 48, 48, 1): "native",      # CIFAR IGC-L24M2 stage 1
+    (24, 4, 48, 96, 2): "native",      # its first stride-2 layer (gathered: C_in/L ≠ C/L)
+    (24, 2, 48, 96, 2): "native",      # the same layer in the residual net (quirk: M = C_in/L)
+    (24, 4, 96, 96, 1): "native",      # stage 2
+    (24, 8, 96, 192, 2): "native",     # first layer of stage 3 (stride 2)
+    (24, 8, 192, 192, 1): "native",    # stage 3
+    (4, 8, 32, 32, 1): "native",       # CIFAR IGC-L4M8 stage 1
+    (64, 1, 64, 64, 1): "native",      # Xception-like M = 1
+    (8, 8, 64, 64, 1): "native",
+    (4, 32, 128, 128, 1): "split",     # ImageNet IGC-L4M32 stage 1: wide groups
     (16, 16, 256, 256, 1): "split",    # ImageNet IGC-L16M16 stage 1
-    (100, 2, 200, 200, 1): "taps",     # ImageNet IGC-L100M2 stage 1
-    (200, 2, 200, 400, 2): "taps",     # its first stride-2 layer
+    (100, 2, 200, 200, 1): "native",   # ImageNet IGC-L100M2 stage 1
+    (200, 2, 200, 400, 2): "native",   # its first stride-2 layer
+    (800, 2, 1600, 1600, 1): "taps",   # its last stage: the C² mixing dominates
     (1, 48, 48, 48, 1): "composed",    # L = 1: a regular convolution
 }
+# The same where the C++ kernel cannot be built (no compiler): the pure-XLA modes.
+CPU_CHOICES_WITHOUT_NATIVE = {
+    (24, 2, 48, 48, 1): "taps",
+    (24, 4, 48, 96, 2): "composed",
+    (24, 2, 48, 96, 2): "composed",
+    (24, 4, 96, 96, 1): "taps",
+    (24, 8, 96, 192, 2): "split",
+    (24, 8, 192, 192, 1): "split",     # 24 convs of 8 channels at 8×8
+    (4, 8, 32, 32, 1): "composed",
+    (64, 1, 64, 64, 1): "taps",
+    (8, 8, 64, 64, 1): "split",
+    (4, 32, 128, 128, 1): "split",
+    (16, 16, 256, 256, 1): "split",
+    (100, 2, 200, 200, 1): "taps",
+    (200, 2, 200, 400, 2): "taps",
+    (800, 2, 1600, 1600, 1): "taps",
+    (1, 48, 48, 48, 1): "composed",
+}
+TABLES = {True: CPU_CHOICES, False: CPU_CHOICES_WITHOUT_NATIVE}
+PICKED = sorted({(k, m) for table in TABLES.values() for k, m in table.items()})
 
 
 def _shape(L, M, C_in, C, stride):
     return ops.LayerShape(L=L, M=M, C_in=C_in, C=C, strides=(stride, stride))
 
 
-@pytest.mark.parametrize("key,mode", sorted(CPU_CHOICES.items()))
-def test_cpu_choice(key, mode):
-    assert ops.select_mode("cpu", _shape(*key)) == mode
+@pytest.mark.parametrize("with_native", [True, False])
+def test_cpu_choice(with_native):
+    got = {k: ops.select_mode("cpu", _shape(*k), with_native) for k in TABLES[with_native]}
+    assert got == TABLES[with_native]
 
 
 def test_other_backends_and_no_shape():
@@ -48,10 +70,29 @@ def test_other_backends_and_no_shape():
     assert ops.select_mode("cpu") == "composed"
 
 
-def test_choice_is_cheapest_modelled_mode():
-    for key in CPU_CHOICES:
-        costs = ops.cpu_costs(_shape(*key))
-        assert costs[ops.select_mode("cpu", _shape(*key))] == min(costs.values())
+@pytest.mark.parametrize("with_native", [True, False])
+def test_choice_is_cheapest_modelled_mode(with_native):
+    for key in TABLES[with_native]:
+        costs = ops.cpu_costs(_shape(*key), with_native)
+        assert ("native" in costs) == with_native
+        assert costs[ops.select_mode("cpu", _shape(*key), with_native)] == min(costs.values())
+
+
+def test_auto_follows_native_availability(monkeypatch):
+    """Without a buildable kernel `auto` falls back to the XLA modes; asking for it says why."""
+    monkeypatch.setattr(native, "build_error", lambda: "no C++ compiler found")
+    monkeypatch.setattr(native, "available", lambda: False)
+    assert ops.select_mode("cpu", _shape(24, 2, 48, 48, 1)) == "taps"
+    x = jnp.ones((1, 4, 4, 4))
+    with pytest.raises(native.NativeUnavailable, match="'native' is unavailable: no C"):
+        ops.igc_apply(x, jnp.ones((3, 3, 2, 4)), jnp.ones((1, 1, 2, 4)), L=2, M=2, mode="native")
+
+
+def test_native_rotation_path_condition():
+    assert ops.native_rotates(_shape(24, 2, 48, 48, 1))
+    assert ops.native_rotates(_shape(24, 8, 192, 192, 1))
+    assert not ops.native_rotates(_shape(24, 4, 48, 96, 2))    # C_in/L = 2 ≠ C/L = 4
+    assert not ops.native_rotates(_shape(16, 16, 256, 256, 1))  # 16 lanes do not fit 8
 
 
 def test_taps_not_offered_for_wide_groups():
@@ -60,7 +101,7 @@ def test_taps_not_offered_for_wide_groups():
 
 
 def test_every_chosen_mode_is_registered():
-    assert {ops.select_mode("cpu", _shape(*k)) for k in CPU_CHOICES} <= set(ops.MODES)
+    assert {m for _, m in PICKED} <= set(ops.MODES)
 
 
 def _small(L, M, C_in, C, stride):
@@ -71,10 +112,9 @@ def _small(L, M, C_in, C, stride):
     return C_in, C
 
 
-@pytest.mark.parametrize("key", sorted(CPU_CHOICES))
-def test_chosen_mode_equals_composed(key):
+@pytest.mark.parametrize("key,mode", PICKED)
+def test_chosen_mode_equals_composed(key, mode):
     L, M, C_in, C, stride = key
-    mode = CPU_CHOICES[key]
     if mode == "composed":
         pytest.skip("the reference itself")
     C_in, C = _small(L, M, C_in, C, stride)
@@ -97,7 +137,7 @@ def test_chosen_mode_equals_composed(key):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("mode", ["taps", "split"])
+@pytest.mark.parametrize("mode", ["taps", "split", "native"])
 @pytest.mark.parametrize("stride,padding", [((1, 1), ((1, 1), (1, 1))),
                                             ((2, 2), ((1, 1), (1, 1))),
                                             ((2, 1), ((0, 1), (2, 1)))])
@@ -123,17 +163,17 @@ def test_new_modes_strides_and_padding(mode, stride, padding):
 
 def test_auto_layer_uses_shape_choice(monkeypatch):
     """IGCConv(mode='auto') calls the mode `select_mode` picks for its own shape."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the CPU cost model")
+    picked = ops.select_mode("cpu", _shape(24, 2, 48, 48, 1))
     calls = []
-    original = ops.MODES["taps"]
+    original = ops.MODES[picked]
 
     def spy(*args, **kwargs):
         calls.append(kwargs["L"])
         return original(*args, **kwargs)
 
-    monkeypatch.setitem(ops.MODES, "taps", spy)
+    monkeypatch.setitem(ops.MODES, picked, spy)
     layer = IGCConv(48, L=24, M=2)
-    x = jnp.ones((1, 5, 5, 48))
-    if jax.default_backend() != "cpu":
-        pytest.skip("auto picks taps on CPU only")
-    layer.init(jax.random.key(0), x)
+    layer.init(jax.random.key(0), jnp.ones((1, 5, 5, 48)))
     assert calls == [24]

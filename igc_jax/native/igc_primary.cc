@@ -556,7 +556,8 @@ void OuterChunk(const T* a, const T* b, int64_t P, int64_t C, int64_t D, T* out)
 template <typename T>
 void Outer(ffi::ThreadPool& pool, const T* a, const T* b, int64_t N, int64_t HW, int64_t C,
            int64_t D, T* out) {
-  const int64_t per_chunk = std::max<int64_t>(1, 1024 / HW);  // images per partial sum
+  // Images per partial sum: about 1024 pixels, and at least 8 chunks when there are 8 images.
+  const int64_t per_chunk = std::max<int64_t>(1, std::min(1024 / HW, (N + 7) / 8));
   const int64_t chunks = (N + per_chunk - 1) / per_chunk;
   std::vector<T> partial(chunks * C * D);
   ParallelFor(pool, chunks, [&](int64_t k) {
