@@ -13,6 +13,8 @@ symmetric padding (XLA's 'SAME' pads stride-2 layers asymmetrically).
               VJP), then shuffle·secondary·shuffle as one C×C matmul; for small groups (C_in/L).
 - `split`:    primary conv as L dense convolutions on the groups' channels, then the same matmul;
               for few, wide groups.
+- `native`:   primary conv by a C++ XLA FFI kernel (igc_jax/native, CPU), then the same matmul
+              with its weight gradient in C++ too; the fastest on CPU for all but wide groups.
 `auto` picks one per backend and layer shape (see `select_mode`, measurements in
 benchmarks/results/cpu.md).
 """
