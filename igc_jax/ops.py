@@ -326,8 +326,8 @@ def select_mode(backend: str | None = None, shape: LayerShape | None = None,
 
     GPU/TPU: `grouped` (cuDNN/XLA grouped convolutions are native there). CPU: XLA's grouped
     convolution is 5-50× slower than a dense one (and its gradient seconds per call), so never
-    `grouped`; the cheapest of `native` (when its C++ kernel builds here: `with_native` defaults
-    to `native.available()`), `composed`, `taps` and `split` under `cpu_costs`. `shift` (tiny
+    `grouped`; the cheapest of `native` (when its C++ kernel builds here and the run has one
+    device: `with_native` defaults to that), `composed`, `taps` and `split` under `cpu_costs`. `shift` (tiny
     matmuls over the groups) was slower than that choice on every measured shape. Without a
     shape: `composed`, correct and never pathological.
     """
@@ -337,7 +337,9 @@ def select_mode(backend: str | None = None, shape: LayerShape | None = None,
     if shape is None:
         return "composed"
     if with_native is None:
-        with_native = native.available()
+        # The FFI kernel has no partitioning rule: under a multi-device jit XLA would all-gather
+        # the batch and run it whole on every device, so `auto` keeps it to one-device runs.
+        with_native = jax.device_count() == 1 and native.available()
     costs = cpu_costs(shape, with_native)
     return min(costs, key=costs.get)
 

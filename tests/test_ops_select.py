@@ -88,6 +88,15 @@ def test_auto_follows_native_availability(monkeypatch):
         ops.igc_apply(x, jnp.ones((3, 3, 2, 4)), jnp.ones((1, 1, 2, 4)), L=2, M=2, mode="native")
 
 
+def test_auto_keeps_native_to_one_device(monkeypatch):
+    """GSPMD would replicate the custom call on every device, so several devices mean XLA modes."""
+    monkeypatch.setattr(native, "available", lambda: True)
+    monkeypatch.setattr(jax, "device_count", lambda: 1)
+    assert ops.select_mode("cpu", _shape(24, 2, 48, 48, 1)) == "native"
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
+    assert ops.select_mode("cpu", _shape(24, 2, 48, 48, 1)) == "taps"
+
+
 def test_native_rotation_path_condition():
     assert ops.native_rotates(_shape(24, 2, 48, 48, 1))
     assert ops.native_rotates(_shape(24, 8, 192, 192, 1))
