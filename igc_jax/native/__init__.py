@@ -70,8 +70,9 @@ def _build() -> pathlib.Path:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         os.unlink(tmp)
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise NativeUnavailable(f"compiling {SOURCE.name} failed: {last}")
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise NativeUnavailable(f"compiling {SOURCE.name} with {compiler} failed "
+                                f"(exit {proc.returncode}): {last}")
     os.replace(tmp, path)
     return path
 
