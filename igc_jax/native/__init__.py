@@ -1,8 +1,9 @@
-"""The IGC primary convolution as a C++ XLA FFI kernel for CPU (igc_primary.cc), built on first use.
+"""C++ XLA FFI kernels for an IGC layer on CPU (igc_primary.cc), built on first use: mode `native`.
 
 Why native code: on CPU, XLA's grouped convolution and every pure-XLA rewrite of it (ops.py) stay
-3-20× above the layer's roofline; this kernel does exactly the primary conv's multiply-adds,
-vectorised along NHWC channels, in one pass over memory (benchmarks/results/cpu.md).
+5-20× above the layer's roofline; these kernels do exactly the primary conv's multiply-adds,
+vectorised along NHWC channels, and the mixing matrix's gradient without XLA's transposed copies
+(benchmarks/results/cpu.md).
 
 The shared library is compiled with the system's C++ compiler (`$CXX`, else g++) against jaxlib's
 FFI headers the first time it is needed, and cached in `$IGC_JAX_NATIVE_CACHE` (default

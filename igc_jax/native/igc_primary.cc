@@ -1,4 +1,4 @@
-// The IGC primary group convolution on CPU as an XLA FFI custom call (forward and backward).
+// CPU kernels of an IGC layer as XLA FFI custom calls (mode `native` of igc_jax/ops.py).
 //
 // Why: XLA's CPU grouped convolution runs 5-100x slower than a dense one, and the pure-XLA
 // rewrites of igc_jax/ops.py pay for layout changes and extra memory passes. Here the primary conv
@@ -7,12 +7,14 @@
 //   y[n, ho, wo, c] = sum_{i, j, ci} w[i, j, ci, c] * x[n, ho*sh + i - pt, wo*sw + j - pl, src(ci, c)]
 //   src(ci, c) = (c / cout_g) * cin_g + ci          (input channel ci of output channel c's group)
 //
-// Each needed input row is expanded once into xe[wp][ci][c] = x[..., src(ci, c)] (a row ring
-// buffer of kh rows), after which every term is a contiguous multiply-add over c. The backward
-// pass accumulates dxe (same layout) and reduces it over each group's outputs into dx, and adds
-// xe * dy into a per-image weight-gradient partial; the partials are summed in image order, so
-// results do not depend on how images were spread over threads (bit-reproducible runs).
-// Images are spread over XLA's intra-op thread pool.
+// Targets: IgcPrimaryForward (y; with the flipped kernel on dy it is also the input gradient),
+// IgcPrimaryKernelGrad (dw) and IgcMixingGrad (dQ = y1^T dy of the layer's C×C mixing matmul).
+// Square groups (cin_g = cout_g dividing the vector width, 3×3) read padded NHWC rows and line
+// inputs up with outputs by lane rotations in registers. Other shapes expand each needed input
+// row once into xe[wp][ci][c] = x[..., src(ci, c)] (a ring of kh rows), after which every term is
+// a contiguous multiply-add over c. Weight gradients are summed per image (per image chunk for
+// dQ) and then in a fixed order, so results do not depend on how images were spread over XLA's
+// intra-op threads (bit-reproducible runs).
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -20,6 +22,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -470,22 +473,31 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* d
         dw[(t * M + ci) * g.C + c] = partial[(t * M + ((ci - c % M) % M + M) % M) * g.C + c];
 }
 
+// Calls fn(T{}) with T the C++ type of a float32 or float64 buffer; an error for other dtypes.
+template <typename F>
+ffi::Error ForFloatType(ffi::DataType dtype, const char* name, const F& fn) {
+  switch (dtype) {
+    case ffi::DataType::F32:
+      fn(float{});
+      return ffi::Error::Success();
+    case ffi::DataType::F64:
+      fn(double{});
+      return ffi::Error::Success();
+    default:
+      return ffi::Error::InvalidArgument(std::string(name) + ": float32 or float64 only");
+  }
+}
+
 ffi::Error PrimaryForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
                               ffi::Result<ffi::AnyBuffer> y, int64_t L, int64_t sh, int64_t sw,
                               int64_t pt, int64_t pl) {
   auto yd = y->dimensions();
   Geometry g;
   if (auto e = MakeGeometry(x, w, yd[1], yd[2], L, sh, sw, pt, pl, &g); e.failure()) return e;
-  switch (x.element_type()) {
-    case ffi::DataType::F32:
-      Forward(pool, g, x.typed_data<float>(), w.typed_data<float>(), y->typed_data<float>());
-      return ffi::Error::Success();
-    case ffi::DataType::F64:
-      Forward(pool, g, x.typed_data<double>(), w.typed_data<double>(), y->typed_data<double>());
-      return ffi::Error::Success();
-    default:
-      return ffi::Error::InvalidArgument("igc_primary: float32 or float64 only");
-  }
+  return ForFloatType(x.element_type(), "igc_primary_forward", [&](auto t) {
+    using T = decltype(t);
+    Forward(pool, g, x.typed_data<T>(), w.typed_data<T>(), y->typed_data<T>());
+  });
 }
 
 ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer dy,
@@ -494,17 +506,10 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer
   auto dyd = dy.dimensions();
   Geometry g;
   if (auto e = MakeGeometry(x, *dw, dyd[1], dyd[2], L, sh, sw, pt, pl, &g); e.failure()) return e;
-  switch (x.element_type()) {
-    case ffi::DataType::F32:
-      KernelGrad(pool, g, x.typed_data<float>(), dy.typed_data<float>(), dw->typed_data<float>());
-      return ffi::Error::Success();
-    case ffi::DataType::F64:
-      KernelGrad(pool, g, x.typed_data<double>(), dy.typed_data<double>(),
-                 dw->typed_data<double>());
-      return ffi::Error::Success();
-    default:
-      return ffi::Error::InvalidArgument("igc_primary: float32 or float64 only");
-  }
+  return ForFloatType(x.element_type(), "igc_primary_kernel_grad", [&](auto t) {
+    using T = decltype(t);
+    KernelGrad(pool, g, x.typed_data<T>(), dy.typed_data<T>(), dw->typed_data<T>());
+  });
 }
 
 // ---- dQ = y1ᵀ · dy for the C×C mixing matrix (shuffle, secondary conv, shuffle) of an IGC layer:
@@ -578,45 +583,31 @@ ffi::Error OuterImpl(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b,
   if (a.element_type() != b.element_type())
     return ffi::Error::InvalidArgument("igc_mixing_grad: a and b must share a dtype");
   const int64_t N = ad[0], HW = ad[1] * ad[2], C = ad[3], D = bd[3];
-  switch (a.element_type()) {
-    case ffi::DataType::F32:
-      Outer(pool, a.typed_data<float>(), b.typed_data<float>(), N, HW, C, D,
-            out->typed_data<float>());
-      return ffi::Error::Success();
-    case ffi::DataType::F64:
-      Outer(pool, a.typed_data<double>(), b.typed_data<double>(), N, HW, C, D,
-            out->typed_data<double>());
-      return ffi::Error::Success();
-    default:
-      return ffi::Error::InvalidArgument("igc_mixing_grad: float32 or float64 only");
-  }
+  return ForFloatType(a.element_type(), "igc_mixing_grad", [&](auto t) {
+    using T = decltype(t);
+    Outer(pool, a.typed_data<T>(), b.typed_data<T>(), N, HW, C, D, out->typed_data<T>());
+  });
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(IgcPrimaryForward, PrimaryForwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("L")
-                                  .Attr<int64_t>("sh")
-                                  .Attr<int64_t>("sw")
-                                  .Attr<int64_t>("pt")
-                                  .Attr<int64_t>("pl"));
+// Both primary-conv handlers: two arrays in, one out, and the layer's geometry.
+static auto PrimaryConvBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Ret<ffi::AnyBuffer>()
+      .Attr<int64_t>("L")
+      .Attr<int64_t>("sh")
+      .Attr<int64_t>("sw")
+      .Attr<int64_t>("pt")
+      .Attr<int64_t>("pl");
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(IgcPrimaryKernelGrad, KernelGradImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("L")
-                                  .Attr<int64_t>("sh")
-                                  .Attr<int64_t>("sw")
-                                  .Attr<int64_t>("pt")
-                                  .Attr<int64_t>("pl"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IgcPrimaryForward, PrimaryForwardImpl, PrimaryConvBinding());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IgcPrimaryKernelGrad, KernelGradImpl, PrimaryConvBinding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IgcMixingGrad, OuterImpl,
                               ffi::Ffi::Bind()
