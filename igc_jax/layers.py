@@ -1,14 +1,18 @@
-"""`IGCConv`: the interleaved group convolution as a Flax linen module (spec §1).
+"""`IGCConv`: the interleaved group convolution as a Flax linen module (spec §1); the networks'
+1×1 projections (`PointwiseConv`) and BatchNorm (`BatchNorm`), each as flax's own but faster on CPU.
 
 It holds exactly two parameters, the compact grouped kernels of the primary (kh×kw, L groups) and
 secondary (1×1, M groups) convolutions, and computes the layer with any mode of `igc_jax.ops`.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from jax import lax
 
 from igc_jax import kernels, ops
 
@@ -108,3 +112,78 @@ class PointwiseConv(nn.Conv):
         sh, sw = self.strides
         dtype = self.dtype or jnp.result_type(inputs, kernel)
         return ops.pointwise_grouped(inputs[:, ::sh, ::sw].astype(dtype), kernel.astype(dtype), groups)
+
+
+def _batch_stats(x32):
+    """Mean and (fast, clipped) variance over every axis but the channels, as nn.BatchNorm."""
+    axes = tuple(range(x32.ndim - 1))
+    mean = jnp.mean(x32, axes)
+    return mean, jnp.maximum(0.0, jnp.mean(jnp.square(x32), axes) - jnp.square(mean))
+
+
+def _normalize(x, mean, var, scale, bias, epsilon):
+    a = scale * lax.rsqrt(var + epsilon)
+    return ((x.astype(jnp.float32) - mean) * a + bias).astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x, scale, bias, epsilon: float):
+    """BatchNorm with the batch's own statistics: (y, mean, var), reductions in float32.
+
+    The hand-written gradient takes one reduction pass (Σdy, Σdy·x) and one elementwise pass;
+    XLA's autodiff of the same formula made nn.BatchNorm + ReLU 3× slower (18 vs 6 ms fwd+bwd at
+    128×32×32×48 on the 2-core CPU), a large part of an IGC net's step there.
+    """
+    mean, var = _batch_stats(x.astype(jnp.float32))
+    return _normalize(x, mean, var, scale, bias, epsilon), mean, var
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon):
+    mean, var = _batch_stats(x.astype(jnp.float32))
+    return (_normalize(x, mean, var, scale, bias, epsilon), mean, var), (x, mean, var, scale)
+
+
+def _batch_norm_train_bwd(epsilon, residuals, cotangents):
+    x, mean, var, scale = residuals
+    dy, dmean, dvar = cotangents  # dmean, dvar: from whatever used the returned statistics
+    n = x.size // x.shape[-1]
+    axes = tuple(range(x.ndim - 1))
+    x32, dy32 = x.astype(jnp.float32), dy.astype(jnp.float32)
+    inv = lax.rsqrt(var + epsilon)
+    dbias = jnp.sum(dy32, axes)
+    dscale = (jnp.sum(dy32 * x32, axes) - mean * dbias) * inv
+    a = scale * inv
+    # dx = a·dy + coef·(x - mean) + const: through y, and through the returned mean and variance.
+    coef = (2.0 * dvar - a * inv * dscale) / n
+    const = (dmean - a * dbias) / n
+    dx = a * dy32 + coef * (x32 - mean) + const
+    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
+class BatchNorm(nn.Module):
+    """nn.BatchNorm over the last axis with the same variables, initialisation, statistics and
+    running averages (fast variance, float32 reductions), and a hand-written gradient
+    (`batch_norm_train`). Batch statistics are global under jit + NamedSharding (GSPMD)."""
+    use_running_average: bool
+    momentum: float = 0.99
+    epsilon: float = 1e-5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        shape = (x.shape[-1],)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, shape, jnp.float32)
+        scale = self.param("scale", nn.initializers.ones, shape, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, shape, jnp.float32)
+        if self.use_running_average:
+            y = _normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)
+        else:
+            y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        return y.astype(self.dtype)

@@ -26,7 +26,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from igc_jax import models
-from igc_jax.layers import IGCConv
+from igc_jax.layers import BatchNorm, IGCConv
 
 # Spec §3: the paper's ImageNet table, (#params in millions, FLOPs in G) per network.
 PAPER_IMAGENET = {
@@ -86,7 +86,7 @@ def _row(module: nn.Module, in_shape, out_shape, params) -> Row | None:
     if isinstance(module, nn.Dense):
         return Row(name, "dense", in_shape, out_shape, "", "", n,
                    math.prod(params["kernel"].shape) * pixels)
-    if isinstance(module, nn.BatchNorm):
+    if isinstance(module, BatchNorm):
         return Row(name, "bn", in_shape, out_shape, "", "", n, 0)
     return None
 

@@ -19,7 +19,7 @@ import pytest
 
 from igc_jax import configs, convert_mxnet, evaluate, models, mxnet_format
 from igc_jax.data import NORMALIZATION
-from igc_jax.layers import IGCConv, same_padding
+from igc_jax.layers import BatchNorm, IGCConv, same_padding
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mxnet"
 OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_models"
@@ -202,7 +202,7 @@ def model_layers(model: nn.Module, image_size: int) -> tuple[Counter, Counter, t
                 pad = (m.padding or same_padding(m.kernel_size))[0][0]
                 convs[(c_in, m.features, tuple(m.kernel_size), m.L, tuple(m.strides), pad)] += 1
                 convs[(m.features, m.features, (1, 1), m.secondary_groups, (1, 1), 0)] += 1
-            elif isinstance(m, nn.BatchNorm):
+            elif isinstance(m, BatchNorm):
                 bns[(c_in, m.epsilon)] += 1
             elif isinstance(m, nn.Dense):
                 fc.append((c_in, m.features))

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import flax.errors
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +20,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from jax import lax
 
-from igc_jax import kernels, native, ops
+from igc_jax import kernels, layers, native, ops
 from igc_jax.layers import IGCConv, same_padding
 
 # `native` needs a C++ compiler; where none is found its own tests say so (tests/test_native.py).
@@ -333,3 +335,38 @@ def test_loaded_secondary_of_wrong_width_is_rejected():
               "secondary": np.zeros((1, 1, 4, 8), np.float32)}  # expected (1, 1, 2, 8)
     with pytest.raises(flax.errors.ScopeParamShapeError, match=r"\(1, 1, 2, 8\).*\(1, 1, 4, 8\)"):
         module.apply({"params": params}, x)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_batch_norm_equals_flax(dtype):
+    """layers.BatchNorm: nn.BatchNorm's variables, outputs, gradients and running averages."""
+    x = (3.0 * jax.random.normal(jax.random.key(0), (4, 5, 3, 6)) + 1.5).astype(dtype)
+    ct = jax.random.normal(jax.random.key(1), x.shape)
+    kw = dict(momentum=0.9, epsilon=2e-5, dtype=dtype)
+    ours, ref = layers.BatchNorm(use_running_average=False, **kw), nn.BatchNorm(
+        use_running_average=False, **kw)
+    v_ours, v_ref = ours.init(jax.random.key(2), x), ref.init(jax.random.key(2), x)
+    chex.assert_trees_all_equal(v_ours, v_ref)
+    params = {"scale": jnp.linspace(0.5, 2.0, 6), "bias": jnp.linspace(-1.0, 1.0, 6)}
+
+    def run(module, variables):
+        def loss(p, x):
+            y, state = module.apply({"params": p, "batch_stats": variables["batch_stats"]}, x,
+                                    mutable=["batch_stats"])
+            # The running averages feed the loss too, so their gradient path is checked.
+            stats = state["batch_stats"]
+            return jnp.sum(jnp.sin(y.astype(jnp.float32)) * ct) + jnp.sum(
+                stats["mean"] ** 2 + 3.0 * stats["var"]), (y, state)
+        (_, (y, state)), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, x)
+        return y, state, grads
+
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == jnp.bfloat16 else dict(rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(run(ours, v_ours)), jax.tree.leaves(run(ref, v_ref))):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), **tol)
+    eval_ours = layers.BatchNorm(use_running_average=True, **kw)
+    eval_ref = nn.BatchNorm(use_running_average=True, **kw)
+    np.testing.assert_allclose(
+        np.asarray(eval_ours.apply({"params": params, "batch_stats": v_ref["batch_stats"]}, x),
+                   np.float32),
+        np.asarray(eval_ref.apply({"params": params, "batch_stats": v_ref["batch_stats"]}, x),
+                   np.float32), **tol)

@@ -308,7 +308,7 @@ def test_imagenet_layout_matches_the_released_mxnet_symbol(network):
             B = int(attrs["branch_factor"])
             assert B == (module.L if part == "reorder1" else module.secondary_groups)
         elif op == "BatchNorm":
-            assert isinstance(module, nn.BatchNorm) and params[name]["scale"].shape == (c_in,)
+            assert isinstance(module, layers.BatchNorm) and params[name]["scale"].shape == (c_in,)
             assert (module.epsilon, module.momentum) == (float(attrs["eps"]),
                                                          float(attrs["momentum"]))
             assert attrs["fix_gamma"] == "False"

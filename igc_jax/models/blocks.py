@@ -11,7 +11,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from igc_jax.layers import IGCConv, PointwiseConv, he_normal, same_padding
+from igc_jax.layers import BatchNorm, IGCConv, PointwiseConv, he_normal, same_padding
 
 # BatchNorm epsilon of every official network (spec §2).
 BN_EPSILON = 2e-5
@@ -46,8 +46,8 @@ def igc(x, features: int, strides: int, *, L: int, M: int, sum_fusion: bool, con
 
 def batch_norm(x, *, momentum: float, train: bool, name: str, dtype: Any = jnp.float32):
     """MXNet BatchNorm(fix_gamma=False, eps=2e-5); statistics are reduced in float32."""
-    return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=BN_EPSILON,
-                        dtype=dtype, name=name)(x)
+    return BatchNorm(use_running_average=not train, momentum=momentum, epsilon=BN_EPSILON,
+                     dtype=dtype, name=name)(x)
 
 
 def residual_unit(x, *, name: str, features: int, strides: int, layer: Layer, proj_groups: int,

@@ -286,25 +286,27 @@ void LoadPaddedRows(const Geometry& g, const T* x_n, int64_t ho, RowRing<T>& rin
   }
 }
 
+// P adjacent output pixels × one vector of channels. taps[t] points at tap t's input for the
+// block's first pixel (padded row i, column j, channel c0), `step` apart per pixel; wt at the
+// rearranged weights of channel c0, `C` apart per (tap, r). Plain arguments, no Geometry: the
+// compiler keeps every address in registers.
 template <typename T, int M, int P>
-inline void RotForwardBlock(const Geometry& g, T* const* rows, const T* wr,
-                            const typename Rotation<T>::Mask* masks, int64_t wo, int64_t c0,
-                            T* yrow) {
+inline void RotForwardBlock(const T* const* taps, int64_t step, const T* __restrict wt, int64_t C,
+                            const typename Rotation<T>::Mask* masks, T* out) {
   using Ln = Lanes<T>;
   typename Ln::Vec acc[P] = {};
-  for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j) {
-      typename Ln::Vec xv[P];
-      for (int p = 0; p < P; ++p) xv[p] = Ln::Load(rows[i] + ((wo + p) * g.sw + j) * g.C + c0);
-      const T* wt = wr + (i * 3 + j) * M * g.C + c0;
+#pragma GCC unroll 9
+  for (int t = 0; t < 9; ++t) {
+    typename Ln::Vec xv[P];
+    for (int p = 0; p < P; ++p) xv[p] = Ln::Load(taps[t] + p * step);
 #pragma GCC unroll 8
-      for (int r = 0; r < M; ++r) {
-        const auto wv = Ln::Load(wt + r * g.C);
-        for (int p = 0; p < P; ++p)
-          acc[p] += wv * (r ? __builtin_shuffle(xv[p], masks[r]) : xv[p]);
-      }
+    for (int r = 0; r < M; ++r) {
+      const auto wv = Ln::Load(wt + (t * M + r) * C);
+      for (int p = 0; p < P; ++p)
+        acc[p] += wv * (r ? __builtin_shuffle(xv[p], masks[r]) : xv[p]);
     }
-  for (int p = 0; p < P; ++p) Ln::Store(yrow + (wo + p) * g.C + c0, acc[p]);
+  }
+  for (int p = 0; p < P; ++p) Ln::Store(out + p * C, acc[p]);
 }
 
 template <typename T, int M>
@@ -313,26 +315,33 @@ void RotForwardImage(const Geometry& g, const T* x_n, const T* wr, T* y_n) {
   using R = Rotation<T>;
   typename R::Mask masks[M];
   for (int r = 0; r < M; ++r) masks[r] = R::Make(M, r);
-  const int64_t V = Lanes<T>::V, Cv = g.C - g.C % V;
+  const int64_t V = Lanes<T>::V, C = g.C, Cv = C - C % V, step = g.sw * C;
   RowRing<T> ring(g, g.Wp * g.Cin);
   T* rows[3];
+  const T* taps[9];
   for (int64_t ho = 0; ho < g.Ho; ++ho) {
     LoadPaddedRows(g, x_n, ho, ring, rows);
-    T* yrow = y_n + ho * g.Wo * g.C;
+    T* yrow = y_n + ho * g.Wo * C;
     for (int64_t c0 = 0; c0 < Cv; c0 += V) {
-      int64_t wo = 0;
-      for (; wo + P <= g.Wo; wo += P) RotForwardBlock<T, M, P>(g, rows, wr, masks, wo, c0, yrow);
-      for (; wo < g.Wo; ++wo) RotForwardBlock<T, M, 1>(g, rows, wr, masks, wo, c0, yrow);
+      for (int64_t wo = 0; wo < g.Wo;) {
+        for (int t = 0; t < 9; ++t) taps[t] = rows[t / 3] + (wo * g.sw + t % 3) * C + c0;
+        if (wo + P <= g.Wo) {
+          RotForwardBlock<T, M, P>(taps, step, wr + c0, C, masks, yrow + wo * C + c0);
+          wo += P;
+        } else {
+          RotForwardBlock<T, M, 1>(taps, step, wr + c0, C, masks, yrow + wo * C + c0);
+          wo += 1;
+        }
+      }
     }
     for (int64_t wo = 0; wo < g.Wo; ++wo)
-      for (int64_t c = Cv; c < g.C; ++c) {
+      for (int64_t c = Cv; c < C; ++c) {
         T acc = 0;
-        for (int i = 0; i < 3; ++i)
-          for (int j = 0; j < 3; ++j)
-            for (int r = 0; r < M; ++r)
-              acc += wr[((i * 3 + j) * M + r) * g.C + c] *
-                     rows[i][(wo * g.sw + j) * g.C + R::Source(c, M, r)];
-        yrow[wo * g.C + c] = acc;
+        for (int t = 0; t < 9; ++t)
+          for (int r = 0; r < M; ++r)
+            acc += wr[(t * M + r) * C + c] *
+                   rows[t / 3][(wo * g.sw + t % 3) * C + R::Source(c, M, r)];
+        yrow[wo * C + c] = acc;
       }
   }
 }
