@@ -238,13 +238,18 @@ def igc_split(x, primary, secondary, *, L, M, strides=(1, 1), padding=((1, 1), (
 
 
 def igc_native(x, primary, secondary, *, L, M, strides=(1, 1), padding=((1, 1), (1, 1))):
-    """Primary conv by the C++ FFI kernel (igc_jax/native, CPU); the rest as one matmul.
+    """Primary conv by the C++ FFI kernel (igc_jax/native, CPU), then the secondary conv.
 
     The kernel does the primary conv's own S·C_in·C/L multiply-adds per pixel, vectorised along the
-    NHWC channels, forward and backward. Shuffle(L), secondary conv and shuffle(M) are one C×C
-    matrix (`kernels.mixing_matrix`) applied by one XLA matmul.
+    NHWC channels, forward and backward. When C/L = M (the paper's IGC-L·M layers) shuffle(L),
+    secondary conv and shuffle(M) run as a C++ kernel with the secondary's own C/M multiply-adds
+    per output (`native.secondary`); otherwise as one C×C matrix (`kernels.mixing_matrix`) applied
+    by an XLA matmul, its weight gradient in C++ (`native.mix`).
     """
     y1 = native.primary_conv(x, primary, L, tuple(strides), tuple(map(tuple, padding)))
+    C = secondary.shape[-1]
+    if C // L == M and M in native.SECONDARY_GROUPS:
+        return native.secondary(y1, kernels.shuffle(secondary[0, 0], M).astype(y1.dtype))
     return native.mix(y1, kernels.mixing_matrix(secondary, L, M).astype(y1.dtype))
 
 

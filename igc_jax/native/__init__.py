@@ -30,7 +30,11 @@ SOURCE = pathlib.Path(__file__).with_name("igc_primary.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 TARGETS = {"igc_primary_forward": "IgcPrimaryForward",
            "igc_primary_kernel_grad": "IgcPrimaryKernelGrad",
-           "igc_mixing_grad": "IgcMixingGrad"}
+           "igc_mixing_grad": "IgcMixingGrad",
+           "igc_secondary_forward": "IgcSecondaryForward",
+           "igc_secondary_weight_grad": "IgcSecondaryWeightGrad"}
+# Secondary groups M the sparse secondary kernel handles (vector lanes repeat a group's M inputs).
+SECONDARY_GROUPS = (1, 2, 4, 8)
 
 
 class NativeUnavailable(RuntimeError):
@@ -205,3 +209,39 @@ def _mix_bwd(residuals, dy):
 
 
 mix.defvjp(_mix_fwd, _mix_bwd)
+
+
+def _secondary_call(target: str, a, b, out_shape):
+    _require()
+    dt = _compute_dtype(a.dtype)
+    out = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(out_shape, dt), vmap_method="sequential")(
+        a.astype(dt), b.astype(dt))
+    return out.astype(a.dtype)
+
+
+@jax.custom_vjp
+def secondary(y1, wt):
+    """Shuffle(L) → secondary conv → shuffle(M) when C/L = M, with the secondary's own MACs.
+
+    wt = shuffle(secondary[0, 0], M), shape (L, C): y[..., o·M + g] = Σ_t wt[t, o·M + g] ·
+    y1[..., t·M + g]. M× fewer multiply-adds than the dense mixing matrix (`mix`); M in
+    SECONDARY_GROUPS.
+    """
+    return _secondary_call("igc_secondary_forward", y1, wt, y1.shape)
+
+
+def _secondary_fwd(y1, wt):
+    return secondary(y1, wt), (y1, wt)
+
+
+def _secondary_bwd(residuals, dy):
+    y1, wt = residuals
+    T, C = wt.shape
+    # dy1[t·M + g] = Σ_o wt[t, o·M + g] dy[o·M + g]: the same product with wt's blocks transposed.
+    wt_t = wt.reshape(T, T, C // T).transpose(1, 0, 2).reshape(T, C)
+    dy1 = _secondary_call("igc_secondary_forward", dy, wt_t, dy.shape)
+    dwt = _secondary_call("igc_secondary_weight_grad", y1, dy, wt.shape)
+    return dy1, dwt.astype(wt.dtype)
+
+
+secondary.defvjp(_secondary_fwd, _secondary_bwd)

@@ -567,20 +567,29 @@ void OuterChunk(const T* a, const T* b, int64_t P, int64_t C, int64_t D, T* out)
   }
 }
 
+// Sums fn(first pixel, pixel count, out) over chunks of images into out (K values): about 1024
+// pixels per chunk and at least 8 chunks when there are 8 images, whatever the thread count, and
+// the chunks' partial sums added in order, so the result is reproducible.
+template <typename T, typename F>
+void ChunkedSum(ffi::ThreadPool& pool, int64_t N, int64_t HW, int64_t K, T* out, const F& fn) {
+  const int64_t per_chunk = std::max<int64_t>(1, std::min(1024 / HW, (N + 7) / 8));
+  const int64_t chunks = (N + per_chunk - 1) / per_chunk;
+  std::vector<T> partial(chunks * K);
+  ParallelFor(pool, chunks, [&](int64_t k) {
+    const int64_t n0 = k * per_chunk, n1 = std::min(N, n0 + per_chunk);
+    fn(n0 * HW, (n1 - n0) * HW, partial.data() + k * K);
+  });
+  std::copy(partial.begin(), partial.begin() + K, out);
+  for (int64_t k = 1; k < chunks; ++k)
+    for (int64_t i = 0; i < K; ++i) out[i] += partial[k * K + i];
+}
+
 template <typename T>
 void Outer(ffi::ThreadPool& pool, const T* a, const T* b, int64_t N, int64_t HW, int64_t C,
            int64_t D, T* out) {
-  // Images per partial sum: about 1024 pixels, and at least 8 chunks when there are 8 images.
-  const int64_t per_chunk = std::max<int64_t>(1, std::min(1024 / HW, (N + 7) / 8));
-  const int64_t chunks = (N + per_chunk - 1) / per_chunk;
-  std::vector<T> partial(chunks * C * D);
-  ParallelFor(pool, chunks, [&](int64_t k) {
-    const int64_t n0 = k * per_chunk, n1 = std::min(N, n0 + per_chunk);
-    OuterChunk(a + n0 * HW * C, b + n0 * HW * D, (n1 - n0) * HW, C, D, partial.data() + k * C * D);
+  ChunkedSum(pool, N, HW, C * D, out, [&](int64_t p0, int64_t P, T* part) {
+    OuterChunk(a + p0 * C, b + p0 * D, P, C, D, part);
   });
-  std::copy(partial.begin(), partial.begin() + C * D, out);
-  for (int64_t k = 1; k < chunks; ++k)
-    for (int64_t i = 0; i < C * D; ++i) out[i] += partial[k * C * D + i];
 }
 
 ffi::Error OuterImpl(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b,
@@ -595,6 +604,154 @@ ffi::Error OuterImpl(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b,
   return ForFloatType(a.element_type(), "igc_mixing_grad", [&](auto t) {
     using T = decltype(t);
     Outer(pool, a.typed_data<T>(), b.typed_data<T>(), N, HW, C, D, out->typed_data<T>());
+  });
+}
+
+// ---- The secondary conv with both shuffles when every primary group has M = C/L channels
+// (the paper's IGC-L·M nets): output channel o·M + g takes input channel g of every primary group,
+//   y[p, o·M + g] = Σ_t wt[t][o·M + g] · y1[p, t·M + g],   wt = shuffle(secondary[0, 0], M),
+// i.e. C/M multiply-adds per output instead of the C of the dense mixing matrix. Along a vector
+// of outputs the inputs are one group's M channels repeated (a broadcast); the input gradient is
+// the same product with wt's blocks transposed (Python side), the weight gradient below.
+
+// Lanes c0 .. c0 + V - 1 of the M channels at src repeated: lane u holds src[(c0 + u) mod M].
+// The M values are broadcast as one 4-, 8- or 16-byte word (a lane-by-lane build of the same
+// vector made the kernel 6× slower); M·sizeof(T) ≥ 32 bytes is a plain load.
+template <typename T, int M>
+inline typename Lanes<T>::Vec Repeat(const T* src, int64_t c0) {
+  using Vec = typename Lanes<T>::Vec;
+  constexpr int64_t V = Lanes<T>::V, bytes = M * sizeof(T);
+  if constexpr (bytes >= sizeof(Vec)) {
+    return Lanes<T>::Load(src + c0 % M);
+  } else if constexpr (bytes == 16) {
+    typedef uint64_t Words __attribute__((vector_size(sizeof(Vec))));
+    uint64_t w[2];
+    std::memcpy(w, src, 16);
+    Words v = {w[0], w[1], w[0], w[1]};
+    return reinterpret_cast<Vec&>(v);
+  } else {
+    typedef typename std::conditional<bytes == 8, uint64_t, uint32_t>::type Word;
+    typedef Word Words __attribute__((vector_size(sizeof(Vec))));
+    Word w;
+    std::memcpy(&w, src, bytes);
+    Words v = Words{} + w;
+    return reinterpret_cast<Vec&>(v);
+  }
+  static_assert(V > 0);
+}
+
+// NB vectors of outputs [c0, c0 + NB·V) of one pixel, accumulated in registers.
+template <typename T, int M, int NB>
+inline void SecondaryBlock(const T* x, const T* wt, int64_t C, int64_t c0, T* y) {
+  using Ln = Lanes<T>;
+  typename Ln::Vec acc[NB] = {};
+  for (int64_t t = 0; t < C / M; ++t)
+    for (int b = 0; b < NB; ++b)
+      acc[b] += Ln::Load(wt + t * C + c0 + b * Ln::V) * Repeat<T, M>(x + t * M, c0 + b * Ln::V);
+  for (int b = 0; b < NB; ++b) Ln::Store(y + c0 + b * Ln::V, acc[b]);
+}
+
+template <typename T, int M>
+void SecondaryPixels(const T* x, const T* wt, int64_t P, int64_t C, T* y) {
+  constexpr int NB = 6;
+  const int64_t V = Lanes<T>::V, Cv = C - C % V;
+  for (int64_t p = 0; p < P; ++p) {
+    const T* xp = x + p * C;
+    T* yp = y + p * C;
+    int64_t c0 = 0;
+    for (; c0 + NB * V <= Cv; c0 += NB * V) SecondaryBlock<T, M, NB>(xp, wt, C, c0, yp);
+    for (; c0 < Cv; c0 += V) SecondaryBlock<T, M, 1>(xp, wt, C, c0, yp);
+    for (int64_t c = Cv; c < C; ++c) {
+      T s = 0;
+      for (int64_t t = 0; t < C / M; ++t) s += wt[t * C + c] * xp[t * M + c % M];
+      yp[c] = s;
+    }
+  }
+}
+
+// dwt[t][c0, c0 + NB·V) += Σ_{p in [p0, p1)} y1[p, t·M + c mod M] · dy[p, c], in registers.
+template <typename T, int M, int NB>
+inline void SecondaryWeightGradBlock(const T* x, const T* dy, int64_t p0, int64_t p1, int64_t C,
+                                     int64_t t, int64_t c0, T* dwt) {
+  using Ln = Lanes<T>;
+  typename Ln::Vec acc[NB] = {};
+  for (int64_t p = p0; p < p1; ++p)
+    for (int b = 0; b < NB; ++b)
+      acc[b] += Repeat<T, M>(x + p * C + t * M, c0 + b * Ln::V) * Ln::Load(dy + p * C + c0 + b * Ln::V);
+  for (int b = 0; b < NB; ++b) {
+    T* d = dwt + t * C + c0 + b * Ln::V;
+    Ln::Store(d, Ln::Load(d) + acc[b]);
+  }
+}
+
+// dwt = Σ over P pixels of y1[p, t·M + c mod M] · dy[p, c], in blocks of pixels that stay in L1.
+template <typename T, int M>
+void SecondaryWeightGradPixels(const T* x, const T* dy, int64_t P, int64_t C, T* dwt) {
+  constexpr int NB = 6;
+  constexpr int64_t kBlock = 32;
+  const int64_t V = Lanes<T>::V, Cv = C - C % V;
+  std::fill(dwt, dwt + (C / M) * C, T(0));
+  for (int64_t p0 = 0; p0 < P; p0 += kBlock) {
+    const int64_t p1 = std::min(P, p0 + kBlock);
+    for (int64_t t = 0; t < C / M; ++t) {
+      int64_t c0 = 0;
+      for (; c0 + NB * V <= Cv; c0 += NB * V)
+        SecondaryWeightGradBlock<T, M, NB>(x, dy, p0, p1, C, t, c0, dwt);
+      for (; c0 < Cv; c0 += V) SecondaryWeightGradBlock<T, M, 1>(x, dy, p0, p1, C, t, c0, dwt);
+      for (int64_t c = Cv; c < C; ++c)
+        for (int64_t p = p0; p < p1; ++p) dwt[t * C + c] += x[p * C + t * M + c % M] * dy[p * C + c];
+    }
+  }
+}
+
+// M = C / (rows of wt); 1, 2, 4 or 8.
+ffi::Error SecondaryGroups(int64_t C, int64_t rows, int* M) {
+  *M = rows > 0 && C % rows == 0 ? static_cast<int>(C / rows) : 0;
+  if (*M != 1 && *M != 2 && *M != 4 && *M != 8)
+    return ffi::Error::InvalidArgument("igc_secondary: M = C / rows of wt must be 1, 2, 4 or 8");
+  return ffi::Error::Success();
+}
+
+ffi::Error SecondaryForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer wt,
+                                ffi::Result<ffi::AnyBuffer> y) {
+  auto xd = x.dimensions();
+  auto wd = wt.dimensions();
+  if (xd.size() != 4 || wd.size() != 2 || wd[1] != xd[3] || x.element_type() != wt.element_type())
+    return ffi::Error::InvalidArgument("igc_secondary_forward: x (N, H, W, C), wt (C/M, C)");
+  int M;
+  if (auto e = SecondaryGroups(wd[1], wd[0], &M); e.failure()) return e;
+  const int64_t N = xd[0], HW = xd[1] * xd[2], C = xd[3];
+  return ForFloatType(x.element_type(), "igc_secondary_forward", [&](auto type) {
+    using T = decltype(type);
+    const T* xs = x.typed_data<T>();
+    const T* w = wt.typed_data<T>();
+    T* ys = y->typed_data<T>();
+    DispatchM(M, [&](auto m) {
+      ParallelFor(pool, N, [&](int64_t n) {
+        SecondaryPixels<T, decltype(m)::value>(xs + n * HW * C, w, HW, C, ys + n * HW * C);
+      });
+    });
+  });
+}
+
+ffi::Error SecondaryWeightGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer dy,
+                                   ffi::Result<ffi::AnyBuffer> dwt) {
+  auto xd = x.dimensions();
+  auto wd = dwt->dimensions();
+  if (xd.size() != 4 || wd.size() != 2 || wd[1] != xd[3] || x.element_type() != dy.element_type())
+    return ffi::Error::InvalidArgument("igc_secondary_weight_grad: x, dy (N, H, W, C) -> (C/M, C)");
+  int M;
+  if (auto e = SecondaryGroups(wd[1], wd[0], &M); e.failure()) return e;
+  const int64_t N = xd[0], HW = xd[1] * xd[2], C = xd[3];
+  return ForFloatType(x.element_type(), "igc_secondary_weight_grad", [&](auto type) {
+    using T = decltype(type);
+    const T* xs = x.typed_data<T>();
+    const T* ds = dy.typed_data<T>();
+    DispatchM(M, [&](auto m) {
+      ChunkedSum(pool, N, HW, wd[0] * C, dwt->typed_data<T>(), [&](int64_t p0, int64_t P, T* part) {
+        SecondaryWeightGradPixels<T, decltype(m)::value>(xs + p0 * C, ds + p0 * C, P, C, part);
+      });
+    });
   });
 }
 
@@ -618,9 +775,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(IgcPrimaryForward, PrimaryForwardImpl, PrimaryConv
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IgcPrimaryKernelGrad, KernelGradImpl, PrimaryConvBinding());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(IgcMixingGrad, OuterImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>());
+// The other handlers: two arrays in, one out.
+static auto TwoArraysBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Ret<ffi::AnyBuffer>();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IgcMixingGrad, OuterImpl, TwoArraysBinding());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IgcSecondaryForward, SecondaryForwardImpl, TwoArraysBinding());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IgcSecondaryWeightGrad, SecondaryWeightGradImpl, TwoArraysBinding());
