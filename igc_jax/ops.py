@@ -248,7 +248,7 @@ def igc_native(x, primary, secondary, *, L, M, strides=(1, 1), padding=((1, 1), 
     """
     y1 = native.primary_conv(x, primary, L, tuple(strides), tuple(map(tuple, padding)))
     C = secondary.shape[-1]
-    if C // L == M and M in native.SECONDARY_GROUPS:
+    if native_sparse_secondary(LayerShape(L=L, M=M, C_in=x.shape[-1], C=C)):
         return native.secondary(y1, kernels.shuffle(secondary[0, 0], M).astype(y1.dtype))
     return native.mix(y1, kernels.mixing_matrix(secondary, L, M).astype(y1.dtype))
 
@@ -275,11 +275,12 @@ class LayerShape:
 
 
 # CPU cost model of `select_mode`, in multiply-adds per output pixel at the dense conv rate.
-# `native` (the C++ kernel, igc_jax/native) does the primary conv's own S·C_in·C/L multiply-adds
-# as vector FMAs plus the C² mixing matmul, at about NATIVE_COST each. For square groups
-# (C_in/L = C/L dividing 8, 3×3) it rotates lanes in registers; otherwise it first gathers every
-# padded input pixel into a C_in/L × C expansion, NATIVE_GATHER_COST per element, which makes it
-# lose to `split` for wide groups (ImageNet L4M32, L16M16).
+# `native` (the C++ kernels, igc_jax/native) does the primary conv's own S·C_in·C/L multiply-adds
+# as vector FMAs, and the secondary conv's own C·C/M when C/L = M (M in 1, 2, 4, 8), else the
+# dense C² mixing matmul, at about NATIVE_COST each. For square groups (C_in/L = C/L dividing 8,
+# 3×3) it rotates lanes in registers; otherwise it first gathers every padded input pixel into a
+# C_in/L × C expansion, NATIVE_GATHER_COST per element, which makes it lose to `split` for wide
+# groups (ImageNet L4M32, L16M16).
 # `composed` does C_in·C·S MACs as one dense conv. `taps` is bound by memory passes over its
 # channel-major planes (layout changes, padding, the accumulators of the weight gradient): about
 # TAPS_PASS_COST per input channel (× stride², the input pixels per output pixel) and per output
@@ -288,11 +289,12 @@ class LayerShape:
 # faster per MAC below ~SPLIT_MIN_WIDTH input channels, and many groups mean many small convs, so
 # only up to SPLIT_MAX_GROUPS groups are considered. Beyond TAPS_MAX_TERMS terms (S·C_in/L) the
 # taps fusions and its gradient accumulator (terms × output size) grow too large.
-# Fitted to fwd+bwd at batch 64 on the 2-core machine (ms, native / taps / composed / split;
-# the shared machine's load moves single timings by 2×, benchmarks/results/cpu.md has the full
-# table): L24M2 stage 1 14 / 97 / 75 / 152, its 48→96 stride-2 layer 25 / 52 / 33 / 52, stage 2
-# 9 / 33 / 43 / 45, stage 3 9 / 28 / 42 / 16; L4M8 stage 1 15 / 84 / 29 / 43; ImageNet (batch 8)
-# L4M32 stage 1 306 / – / 107 / 92, L16M16 458 / – / 494 / 159, L100M2 64 / 248 / 425 / –.
+# Fitted to fwd+bwd on the 2-core machine (ms, native / taps / composed / split; batch 64 for
+# CIFAR, 8 for ImageNet; the shared machine's load moves single timings by 2×,
+# benchmarks/results/cpu.md has the full table): L24M2 stage 1 14 / 97 / 75 / 152, its 48→96
+# stride-2 layer 17 / 52 / 31 / 54, stage 3 6 / 28 / 39 / 16; L4M8 stage 1 15 / 84 / 28 / 39;
+# ImageNet L4M32 stage 1 306 / – / 107 / 92, L16M16 458 / – / 494 / 159, L100M2 stage 1
+# 29 / 249 / 400 / –, stage 4 32 / 52 / 430 / –.
 NATIVE_COST = 1.2
 NATIVE_GATHER_COST = 60.0
 TAPS_PASS_COST = 100.0
@@ -308,6 +310,11 @@ def native_rotates(shape: LayerShape) -> bool:
     return shape.kernel == (3, 3) and shape.C // shape.L == g and 8 % g == 0
 
 
+def native_sparse_secondary(shape: LayerShape) -> bool:
+    """Whether `native` runs the secondary conv with its own multiply-adds (`native.secondary`)."""
+    return shape.C // shape.L == shape.M and shape.M in native.SECONDARY_GROUPS
+
+
 def cpu_costs(shape: LayerShape, with_native: bool = True) -> dict[str, float]:
     """Modelled cost per output pixel of each mode `select_mode` considers on CPU."""
     S = shape.kernel[0] * shape.kernel[1]
@@ -315,7 +322,8 @@ def cpu_costs(shape: LayerShape, with_native: bool = True) -> dict[str, float]:
     costs = {"composed": float(C_in * C * S)}
     if with_native:
         gather = 0.0 if native_rotates(shape) else NATIVE_GATHER_COST * (C_in // L) * C
-        costs["native"] = NATIVE_COST * (S * (C_in // L) * C + C * C) + gather
+        secondary = C * C // shape.M if native_sparse_secondary(shape) else C * C
+        costs["native"] = NATIVE_COST * (S * (C_in // L) * C + secondary) + gather
     terms = S * (C_in // L)
     if terms <= TAPS_MAX_TERMS:
         passes = C_in * shape.strides[0] * shape.strides[1] + C

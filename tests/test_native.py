@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from igc_jax import native, ops
+from igc_jax import kernels, native, ops
 
 pytestmark = pytest.mark.skipif(not native.available(),
                                 reason=f"native kernel unavailable: {native.build_error()}")
@@ -25,6 +25,31 @@ def test_mixing_gradient_equals_xla(N, H, W):
     got = jax.grad(lambda a, b: jnp.sum(native.mix(a, b) * ct), (0, 1))(y1, Q)
     for r, g in zip(ref, got):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("x64", [False, True])
+@pytest.mark.parametrize("L,M", [(6, 1), (12, 2), (3, 4), (6, 4), (24, 8), (2, 8)])
+def test_secondary_equals_mixing_matrix(L, M, x64):
+    """The sparse secondary kernel (C/L = M) computes x @ mixing_matrix, values and gradients;
+    C = L·M from 6 to 192 covers whole vectors and tails of 8 (float32) and 4 (float64) lanes."""
+    with jax.enable_x64(x64):
+        dt = jnp.float64 if x64 else jnp.float32
+        C = L * M
+        k = jax.random.split(jax.random.key(L * M), 3)
+        y1 = jax.random.normal(k[0], (3, 4, 5, C), dt)
+        sec = jax.random.normal(k[1], (1, 1, C // M, C), dt)
+        ct = jax.random.normal(k[2], (3, 4, 5, C), dt)
+
+        def dense(y, s):
+            return jnp.sum(y @ kernels.mixing_matrix(s, L, M) * ct)
+
+        def sparse(y, s):
+            return jnp.sum(native.secondary(y, kernels.shuffle(s[0, 0], M)) * ct)
+
+        tol = 1e-12 if x64 else 1e-5
+        np.testing.assert_allclose(sparse(y1, sec), dense(y1, sec), rtol=tol)
+        for r, g in zip(jax.grad(dense, (0, 1))(y1, sec), jax.grad(sparse, (0, 1))(y1, sec)):
+            np.testing.assert_allclose(g, r, rtol=tol, atol=tol)
 
 
 def _layer_grads(x, p, s, L, M, stride=1):

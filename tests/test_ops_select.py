@@ -29,7 +29,7 @@ CPU_CHOICES = {
     (16, 16, 256, 256, 1): "split",    # ImageNet IGC-L16M16 stage 1
     (100, 2, 200, 200, 1): "native",   # ImageNet IGC-L100M2 stage 1
     (200, 2, 200, 400, 2): "native",   # its first stride-2 layer
-    (800, 2, 1600, 1600, 1): "taps",   # its last stage: the C² mixing dominates
+    (800, 2, 1600, 1600, 1): "native",  # its last stage: 1600 channels, the sparse secondary
     (1, 48, 48, 48, 1): "composed",    # L = 1: a regular convolution
 }
 # The same where the C++ kernel cannot be built (no compiler): the pure-XLA modes.
@@ -95,6 +95,13 @@ def test_auto_keeps_native_to_one_device(monkeypatch):
     assert ops.select_mode("cpu", _shape(24, 2, 48, 48, 1)) == "native"
     monkeypatch.setattr(jax, "device_count", lambda: 8)
     assert ops.select_mode("cpu", _shape(24, 2, 48, 48, 1)) == "taps"
+
+
+def test_native_sparse_secondary_condition():
+    assert ops.native_sparse_secondary(_shape(24, 2, 48, 48, 1))      # C/L = 2 = M
+    assert ops.native_sparse_secondary(_shape(24, 4, 48, 96, 2))      # C/L = 4 = M
+    assert not ops.native_sparse_secondary(_shape(24, 2, 48, 96, 2))  # the quirk: C/L = 4 ≠ M
+    assert not ops.native_sparse_secondary(_shape(4, 32, 128, 128, 1))  # M = 32: dense mixing
 
 
 def test_native_rotation_path_condition():
