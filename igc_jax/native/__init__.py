@@ -1,4 +1,4 @@
-"""C++ XLA FFI kernels for an IGC layer on CPU (igc_primary.cc), built on first use: mode `native`.
+"""C++ XLA FFI kernels for an IGC layer on CPU (igc_kernels.cc), built on first use: mode `native`.
 
 Why native code: on CPU, XLA's grouped convolution and every pure-XLA rewrite of it (ops.py) stay
 5-20× above the layer's roofline; these kernels do exactly the primary conv's multiply-adds,
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCE = pathlib.Path(__file__).with_name("igc_primary.cc")
+SOURCE = pathlib.Path(__file__).with_name("igc_kernels.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 TARGETS = {"igc_primary_forward": "IgcPrimaryForward",
            "igc_primary_kernel_grad": "IgcPrimaryKernelGrad",
@@ -57,7 +57,7 @@ def _library_path(compiler: str) -> pathlib.Path:
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     cache = pathlib.Path(os.environ.get("IGC_JAX_NATIVE_CACHE",
                                         pathlib.Path.home() / ".cache" / "igc_jax" / "native"))
-    return cache / f"igc_primary-{digest}.so"
+    return cache / f"igc_kernels-{digest}.so"
 
 
 def _build() -> pathlib.Path:
@@ -132,14 +132,19 @@ def _compute_dtype(dtype):
     return dtype if dtype in (jnp.float32, jnp.float64) else jnp.float32
 
 
-def _forward(x, w, L, strides, padding):
+def _call(target: str, out_shape, *args, **attrs):
+    """Runs a registered kernel in float32 or float64 (bfloat16 in float32); args[0]'s dtype out."""
     _require()
+    dt = _compute_dtype(args[0].dtype)
+    out = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(out_shape), dt),
+                           vmap_method="sequential")(*(a.astype(dt) for a in args), **attrs)
+    return out.astype(args[0].dtype)
+
+
+def _forward(x, w, L, strides, padding):
     Ho, Wo = _out_hw(x.shape, w.shape, strides, padding)
-    dt = _compute_dtype(x.dtype)
-    out = jax.ShapeDtypeStruct((x.shape[0], Ho, Wo, w.shape[3]), dt)
-    y = jax.ffi.ffi_call("igc_primary_forward", out, vmap_method="sequential")(
-        x.astype(dt), w.astype(dt), **_attrs(L, strides, padding))
-    return y.astype(x.dtype)
+    return _call("igc_primary_forward", (x.shape[0], Ho, Wo, w.shape[3]), x, w,
+                 **_attrs(L, strides, padding))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -174,11 +179,8 @@ def _input_grad(dy, w, L, strides, padding, x_shape):
 
 def _primary_bwd(L, strides, padding, residuals, dy):
     x, w = residuals
-    dt = _compute_dtype(x.dtype)
     dx = _input_grad(dy, w, L, strides, padding, x.shape)
-    dw = jax.ffi.ffi_call("igc_primary_kernel_grad", jax.ShapeDtypeStruct(w.shape, dt),
-                          vmap_method="sequential")(x.astype(dt), dy.astype(dt),
-                                                    **_attrs(L, strides, padding))
+    dw = _call("igc_primary_kernel_grad", w.shape, x, dy, **_attrs(L, strides, padding))
     return dx, dw.astype(w.dtype)
 
 
@@ -201,22 +203,10 @@ def _mix_fwd(y1, Q):
 
 def _mix_bwd(residuals, dy):
     y1, Q = residuals
-    _require()
-    dt = _compute_dtype(y1.dtype)
-    dQ = jax.ffi.ffi_call("igc_mixing_grad", jax.ShapeDtypeStruct(Q.shape, dt),
-                          vmap_method="sequential")(y1.astype(dt), dy.astype(dt))
-    return dy @ Q.T, dQ.astype(Q.dtype)
+    return dy @ Q.T, _call("igc_mixing_grad", Q.shape, y1, dy).astype(Q.dtype)
 
 
 mix.defvjp(_mix_fwd, _mix_bwd)
-
-
-def _secondary_call(target: str, a, b, out_shape):
-    _require()
-    dt = _compute_dtype(a.dtype)
-    out = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(out_shape, dt), vmap_method="sequential")(
-        a.astype(dt), b.astype(dt))
-    return out.astype(a.dtype)
 
 
 @jax.custom_vjp
@@ -227,7 +217,7 @@ def secondary(y1, wt):
     y1[..., t·M + g]. M× fewer multiply-adds than the dense mixing matrix (`mix`); M in
     SECONDARY_GROUPS.
     """
-    return _secondary_call("igc_secondary_forward", y1, wt, y1.shape)
+    return _call("igc_secondary_forward", y1.shape, y1, wt)
 
 
 def _secondary_fwd(y1, wt):
@@ -239,8 +229,8 @@ def _secondary_bwd(residuals, dy):
     T, C = wt.shape
     # dy1[t·M + g] = Σ_o wt[t, o·M + g] dy[o·M + g]: the same product with wt's blocks transposed.
     wt_t = wt.reshape(T, T, C // T).transpose(1, 0, 2).reshape(T, C)
-    dy1 = _secondary_call("igc_secondary_forward", dy, wt_t, dy.shape)
-    dwt = _secondary_call("igc_secondary_weight_grad", y1, dy, wt.shape)
+    dy1 = _call("igc_secondary_forward", dy.shape, dy, wt_t)
+    dwt = _call("igc_secondary_weight_grad", wt.shape, y1, dy)
     return dy1, dwt.astype(wt.dtype)
 
 
