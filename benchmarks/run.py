@@ -36,7 +36,7 @@ import ml_collections
 import optax
 
 from benchmarks import roofline
-from igc_jax import models, ops, summary
+from igc_jax import models, native, ops, summary
 from igc_jax.layers import he_normal
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -113,8 +113,12 @@ def layer_fns(mode: str, L: int, M: int, stride: int) -> tuple[Callable, Callabl
 
 
 def modes_for(suite: str) -> list[str]:
-    """Every mode of ops.MODES; Pallas `fused` only on GPU (on CPU it runs in interpret mode)."""
-    return [m for m in ops.MODES if not (m == "fused" and suite == "cpu")]
+    """Every mode of ops.MODES for the suite's device: Pallas `fused` only on GPU (on CPU it runs
+    in interpret mode), the C++ `native` only on CPU (and only where its kernels build)."""
+    skip = {"fused"} if suite == "cpu" else {"native"}
+    if suite == "cpu" and not native.available():
+        skip.add("native")
+    return [m for m in ops.MODES if m not in skip]
 
 
 def bench_layers(suite: str, quick: bool, dtype, ceil: roofline.Ceilings, torch_peer, reps: int,
