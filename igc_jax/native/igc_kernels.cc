@@ -704,22 +704,25 @@ void SecondaryWeightGradPixels(const T* x, const T* dy, int64_t P, int64_t C, T*
   }
 }
 
-// M = C / (rows of wt); 1, 2, 4 or 8.
-ffi::Error SecondaryGroups(int64_t C, int64_t rows, int* M) {
-  *M = rows > 0 && C % rows == 0 ? static_cast<int>(C / rows) : 0;
+// Checks x (N, H, W, C), a second array of x's dtype (wt or dy) and the weights' (C/M, C)
+// dimensions wd; sets M = C / (rows of wt), which must be 1, 2, 4 or 8.
+ffi::Error CheckSecondary(const std::string& name, const ffi::AnyBuffer& x,
+                          const ffi::AnyBuffer& other, ffi::AnyBuffer::Dimensions wd, int* M) {
+  auto xd = x.dimensions();
+  if (xd.size() != 4 || wd.size() != 2 || wd[1] != xd[3] || x.element_type() != other.element_type())
+    return ffi::Error::InvalidArgument(name + ": x (N, H, W, C) and weights (C/M, C) of one dtype");
+  *M = wd[0] > 0 && wd[1] % wd[0] == 0 ? static_cast<int>(wd[1] / wd[0]) : 0;
   if (*M != 1 && *M != 2 && *M != 4 && *M != 8)
-    return ffi::Error::InvalidArgument("igc_secondary: M = C / rows of wt must be 1, 2, 4 or 8");
+    return ffi::Error::InvalidArgument(name + ": M = C / (C/M) must be 1, 2, 4 or 8");
   return ffi::Error::Success();
 }
 
 ffi::Error SecondaryForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer wt,
                                 ffi::Result<ffi::AnyBuffer> y) {
-  auto xd = x.dimensions();
-  auto wd = wt.dimensions();
-  if (xd.size() != 4 || wd.size() != 2 || wd[1] != xd[3] || x.element_type() != wt.element_type())
-    return ffi::Error::InvalidArgument("igc_secondary_forward: x (N, H, W, C), wt (C/M, C)");
   int M;
-  if (auto e = SecondaryGroups(wd[1], wd[0], &M); e.failure()) return e;
+  if (auto e = CheckSecondary("igc_secondary_forward", x, wt, wt.dimensions(), &M); e.failure())
+    return e;
+  auto xd = x.dimensions();
   const int64_t N = xd[0], HW = xd[1] * xd[2], C = xd[3];
   return ForFloatType(x.element_type(), "igc_secondary_forward", [&](auto type) {
     using T = decltype(type);
@@ -736,12 +739,10 @@ ffi::Error SecondaryForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Any
 
 ffi::Error SecondaryWeightGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer dy,
                                    ffi::Result<ffi::AnyBuffer> dwt) {
-  auto xd = x.dimensions();
-  auto wd = dwt->dimensions();
-  if (xd.size() != 4 || wd.size() != 2 || wd[1] != xd[3] || x.element_type() != dy.element_type())
-    return ffi::Error::InvalidArgument("igc_secondary_weight_grad: x, dy (N, H, W, C) -> (C/M, C)");
   int M;
-  if (auto e = SecondaryGroups(wd[1], wd[0], &M); e.failure()) return e;
+  auto wd = dwt->dimensions();
+  if (auto e = CheckSecondary("igc_secondary_weight_grad", x, dy, wd, &M); e.failure()) return e;
+  auto xd = x.dimensions();
   const int64_t N = xd[0], HW = xd[1] * xd[2], C = xd[3];
   return ForFloatType(x.element_type(), "igc_secondary_weight_grad", [&](auto type) {
     using T = decltype(type);
