@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import run
 from igc_jax import ops
 from igc_jax.layers import he_normal
 
@@ -130,7 +131,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--modes", nargs="+", default=list(ops.MODES), choices=list(ops.MODES))
+    suite = "cpu" if jax.default_backend() == "cpu" else "gpu"
+    parser.add_argument("--modes", nargs="+", default=run.modes_for(suite), choices=list(ops.MODES),
+                        help="default: the modes of this device's suite (benchmarks.run.modes_for)")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per measurement (max)")
     parser.add_argument("--budget", type=float, default=15.0,
                         help="seconds per measurement; slow functions get fewer calls (min 2)")
