@@ -277,10 +277,10 @@ class LayerShape:
 # CPU cost model of `select_mode`, in multiply-adds per output pixel at the dense conv rate.
 # `native` (the C++ kernels, igc_jax/native) does the primary conv's own S·C_in·C/L multiply-adds
 # as vector FMAs, and the secondary conv's own C·C/M when C/L = M (M in 1, 2, 4, 8), else the
-# dense C² mixing matmul, at about NATIVE_COST each. For square groups (C_in/L = C/L dividing 8,
-# 3×3) it rotates lanes in registers; otherwise it first gathers every padded input pixel into a
-# C_in/L × C expansion, NATIVE_GATHER_COST per element, which makes it lose to `split` for wide
-# groups (ImageNet L4M32, L16M16).
+# dense C² mixing matmul, at about NATIVE_COST each. For small groups (3×3, C/L dividing 8,
+# C_in/L = C/L or C_in/L ≤ 2·C/L) it picks inputs by lane shuffles in registers; otherwise it first
+# gathers every padded input pixel into a C_in/L × C expansion, NATIVE_GATHER_COST per element,
+# which makes it lose to `split` for wide groups (ImageNet L4M32, L16M16).
 # `composed` does C_in·C·S MACs as one dense conv. `taps` is bound by memory passes over its
 # channel-major planes (layout changes, padding, the accumulators of the weight gradient): about
 # TAPS_PASS_COST per input channel (× stride², the input pixels per output pixel) and per output
@@ -304,10 +304,11 @@ SPLIT_MIN_WIDTH = 48
 SPLIT_MAX_GROUPS = 24
 
 
-def native_rotates(shape: LayerShape) -> bool:
-    """Whether the native kernel takes its in-register path (no gathered expansion)."""
-    g = shape.C_in // shape.L
-    return shape.kernel == (3, 3) and shape.C // shape.L == g and 8 % g == 0
+def native_in_registers(shape: LayerShape) -> bool:
+    """Whether the native primary kernel picks its inputs by lane shuffles in registers (no
+    gathered expansion): 3×3, C/L dividing 8, C_in/L in 1, 2, 4, 8 and at most 2·C/L."""
+    ci, co = shape.C_in // shape.L, shape.C // shape.L
+    return shape.kernel == (3, 3) and 8 % co == 0 and (ci == co or (8 % ci == 0 and ci <= 2 * co))
 
 
 def native_sparse_secondary(shape: LayerShape) -> bool:
@@ -321,7 +322,7 @@ def cpu_costs(shape: LayerShape, with_native: bool = True) -> dict[str, float]:
     C_in, C, L = shape.C_in, shape.C, shape.L
     costs = {"composed": float(C_in * C * S)}
     if with_native:
-        gather = 0.0 if native_rotates(shape) else NATIVE_GATHER_COST * (C_in // L) * C
+        gather = 0.0 if native_in_registers(shape) else NATIVE_GATHER_COST * (C_in // L) * C
         secondary = C * C // shape.M if native_sparse_secondary(shape) else C * C
         costs["native"] = NATIVE_COST * (S * (C_in // L) * C + secondary) + gather
     terms = S * (C_in // L)

@@ -100,3 +100,29 @@ def test_built_library_is_reused(tmp_path, monkeypatch):
         raise AssertionError("compiled again")
     monkeypatch.setattr(native.subprocess, "run", no_compiler)
     assert native._build() == path
+
+
+@pytest.mark.parametrize("x64", [False, True])
+@pytest.mark.parametrize("cin_g,cout_g,L", [(1, 2, 5), (2, 4, 6), (4, 8, 3), (2, 1, 12), (4, 2, 5),
+                                            (8, 4, 3), (2, 2, 7), (3, 6, 2)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_primary_conv_paths_equal_grouped_conv(cin_g, cout_g, L, stride, x64):
+    """Both paths of the primary kernel (lane shuffles for small groups, C_in/L ≤ 2·C/L; gathered
+    rows for the rest, here 3 → 6), with channel tails, against XLA's grouped conv and gradients."""
+    with jax.enable_x64(x64):
+        dt = jnp.float64 if x64 else jnp.float32
+        k = jax.random.split(jax.random.key(cin_g * 10 + cout_g), 3)
+        x = jax.random.normal(k[0], (2, 7, 6, cin_g * L), dt)
+        w = jax.random.normal(k[1], (3, 3, cin_g, cout_g * L), dt)
+        pad = ((1, 1), (1, 1))
+        ref = ops.conv(x, w, (stride, stride), pad, groups=L)
+        ct = jax.random.normal(k[2], ref.shape, dt)
+
+        def loss(f):
+            return lambda x, w: jnp.sum(f(x, w) * ct)
+        got_f = lambda x, w: native.primary_conv(x, w, L, (stride, stride), pad)  # noqa: E731
+        ref_f = lambda x, w: ops.conv(x, w, (stride, stride), pad, groups=L)  # noqa: E731
+        tol = 1e-12 if x64 else 1e-5
+        np.testing.assert_allclose(got_f(x, w), ref, rtol=tol, atol=tol)
+        for g, r in zip(jax.grad(loss(got_f), (0, 1))(x, w), jax.grad(loss(ref_f), (0, 1))(x, w)):
+            np.testing.assert_allclose(g, r, rtol=tol, atol=10 * tol)

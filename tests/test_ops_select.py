@@ -104,11 +104,13 @@ def test_native_sparse_secondary_condition():
     assert not ops.native_sparse_secondary(_shape(4, 32, 128, 128, 1))  # M = 32: dense mixing
 
 
-def test_native_rotation_path_condition():
-    assert ops.native_rotates(_shape(24, 2, 48, 48, 1))
-    assert ops.native_rotates(_shape(24, 8, 192, 192, 1))
-    assert not ops.native_rotates(_shape(24, 4, 48, 96, 2))    # C_in/L = 2 ≠ C/L = 4
-    assert not ops.native_rotates(_shape(16, 16, 256, 256, 1))  # 16 lanes do not fit 8
+def test_native_in_registers_condition():
+    assert ops.native_in_registers(_shape(24, 2, 48, 48, 1))    # C_in/L = C/L = 2
+    assert ops.native_in_registers(_shape(24, 8, 192, 192, 1))
+    assert ops.native_in_registers(_shape(24, 4, 48, 96, 2))    # C_in/L = 2, C/L = 4
+    assert ops.native_in_registers(_shape(200, 2, 200, 400, 2))  # C_in/L = 1, C/L = 2
+    assert not ops.native_in_registers(_shape(16, 16, 256, 256, 1))  # 16 lanes do not fit 8
+    assert not ops.native_in_registers(_shape(4, 32, 128, 128, 1))
 
 
 def test_taps_not_offered_for_wide_groups():

@@ -9,12 +9,12 @@
 //
 // Targets: IgcPrimaryForward (y; with the flipped kernel on dy it is also the input gradient),
 // IgcPrimaryKernelGrad (dw) and IgcMixingGrad (dQ = y1^T dy of the layer's C×C mixing matmul).
-// Square groups (cin_g = cout_g dividing the vector width, 3×3) read padded NHWC rows and line
-// inputs up with outputs by lane rotations in registers. Other shapes expand each needed input
-// row once into xe[wp][ci][c] = x[..., src(ci, c)] (a ring of kh rows), after which every term is
-// a contiguous multiply-add over c. Weight gradients are summed per image (per image chunk for
-// dQ) and then in a fixed order, so results do not depend on how images were spread over XLA's
-// intra-op threads (bit-reproducible runs).
+// Small groups (cout_g dividing the vector width, cin_g ≤ 2·cout_g, 3×3) read padded NHWC rows
+// and pick each term's inputs by a lane shuffle of a two-vector window. Other shapes expand each
+// needed input row once into xe[wp][ci][c] = x[..., src(ci, c)] (a ring of kh rows), after which
+// every term is a contiguous multiply-add over c. Weight gradients are summed per image (per
+// image chunk for dQ) and then in a fixed order, so results do not depend on how images were
+// spread over XLA's intra-op threads (bit-reproducible runs).
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -242,22 +242,11 @@ void KernelGradImage(const Geometry& g, const T* x_n, const T* dy_n, const int32
   }
 }
 
-// ---- Square groups (C_in/L == C/L == M dividing the vector width), 3×3 kernels: no expansion.
-// In a vector of V channels aligned to groups, output channel c's inputs are the lanes of its own
-// group; rotating the lanes within each group by r lines input channel (c + r) mod M up with
-// output c, so each term is one lane permutation and one multiply-add on padded NHWC rows. The
-// weights are rearranged once per call: wr[i][j][r][c] = w[i][j][(c + r) mod M][c].
-
+// Lane indices for __builtin_shuffle on Lanes<T>::Vec.
 template <typename T>
-struct Rotation {
+struct LaneMask {
   typedef typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type Index;
   typedef Index Mask __attribute__((vector_size(32)));
-  static Mask Make(int M, int r) {
-    Mask m;
-    for (int v = 0; v < Lanes<T>::V; ++v) m[v] = v - v % M + (v % M + r) % M;
-    return m;
-  }
-  static int64_t Source(int64_t c, int M, int r) { return c - c % M + (c % M + r) % M; }
 };
 
 // Copies padded row hp of image x_n (zeros outside the image): row[wp][c], one block copy.
@@ -286,119 +275,6 @@ void LoadPaddedRows(const Geometry& g, const T* x_n, int64_t ho, RowRing<T>& rin
   }
 }
 
-// P adjacent output pixels × one vector of channels. taps[t] points at tap t's input for the
-// block's first pixel (padded row i, column j, channel c0), `step` apart per pixel; wt at the
-// rearranged weights of channel c0, `C` apart per (tap, r). Plain arguments, no Geometry: the
-// compiler keeps every address in registers.
-template <typename T, int M, int P>
-inline void RotForwardBlock(const T* const* taps, int64_t step, const T* __restrict wt, int64_t C,
-                            const typename Rotation<T>::Mask* masks, T* out) {
-  using Ln = Lanes<T>;
-  typename Ln::Vec acc[P] = {};
-#pragma GCC unroll 9
-  for (int t = 0; t < 9; ++t) {
-    typename Ln::Vec xv[P];
-    for (int p = 0; p < P; ++p) xv[p] = Ln::Load(taps[t] + p * step);
-#pragma GCC unroll 8
-    for (int r = 0; r < M; ++r) {
-      const auto wv = Ln::Load(wt + (t * M + r) * C);
-      for (int p = 0; p < P; ++p)
-        acc[p] += wv * (r ? __builtin_shuffle(xv[p], masks[r]) : xv[p]);
-    }
-  }
-  for (int p = 0; p < P; ++p) Ln::Store(out + p * C, acc[p]);
-}
-
-template <typename T, int M>
-void RotForwardImage(const Geometry& g, const T* x_n, const T* wr, T* y_n) {
-  constexpr int P = 4;
-  using R = Rotation<T>;
-  typename R::Mask masks[M];
-  for (int r = 0; r < M; ++r) masks[r] = R::Make(M, r);
-  const int64_t V = Lanes<T>::V, C = g.C, Cv = C - C % V, step = g.sw * C;
-  RowRing<T> ring(g, g.Wp * g.Cin);
-  T* rows[3];
-  const T* taps[9];
-  for (int64_t ho = 0; ho < g.Ho; ++ho) {
-    LoadPaddedRows(g, x_n, ho, ring, rows);
-    T* yrow = y_n + ho * g.Wo * C;
-    for (int64_t c0 = 0; c0 < Cv; c0 += V) {
-      for (int64_t wo = 0; wo < g.Wo;) {
-        for (int t = 0; t < 9; ++t) taps[t] = rows[t / 3] + (wo * g.sw + t % 3) * C + c0;
-        if (wo + P <= g.Wo) {
-          RotForwardBlock<T, M, P>(taps, step, wr + c0, C, masks, yrow + wo * C + c0);
-          wo += P;
-        } else {
-          RotForwardBlock<T, M, 1>(taps, step, wr + c0, C, masks, yrow + wo * C + c0);
-          wo += 1;
-        }
-      }
-    }
-    for (int64_t wo = 0; wo < g.Wo; ++wo)
-      for (int64_t c = Cv; c < C; ++c) {
-        T acc = 0;
-        for (int t = 0; t < 9; ++t)
-          for (int r = 0; r < M; ++r)
-            acc += wr[(t * M + r) * C + c] *
-                   rows[t / 3][(wo * g.sw + t % 3) * C + R::Source(c, M, r)];
-        yrow[wo * C + c] = acc;
-      }
-  }
-}
-
-// dwr[i][j][r][c] += sum over the image of rotate_r(x at tap i, j)[c] * dy[c].
-template <typename T, int M>
-void RotKernelGradImage(const Geometry& g, const T* x_n, const T* dy_n, T* dwr) {
-  using Ln = Lanes<T>;
-  using R = Rotation<T>;
-  typename R::Mask masks[M];
-  for (int r = 0; r < M; ++r) masks[r] = R::Make(M, r);
-  const int64_t V = Ln::V, Cv = g.C - g.C % V;
-  RowRing<T> ring(g, g.Wp * g.Cin);
-  T* rows[3];
-  std::fill(dwr, dwr + 9 * M * g.C, T(0));
-  for (int64_t ho = 0; ho < g.Ho; ++ho) {
-    LoadPaddedRows(g, x_n, ho, ring, rows);
-    const T* dyrow = dy_n + ho * g.Wo * g.C;
-    for (int i = 0; i < 3; ++i) {
-      const T* row = rows[i];
-      for (int64_t c0 = 0; c0 < Cv; c0 += V) {
-        typename Ln::Vec acc[3][M] = {};
-        for (int64_t wo = 0; wo < g.Wo; ++wo) {
-          const auto dv = Ln::Load(dyrow + wo * g.C + c0);
-          for (int j = 0; j < 3; ++j) {
-            const auto xv = Ln::Load(row + (wo * g.sw + j) * g.C + c0);
-#pragma GCC unroll 8
-            for (int r = 0; r < M; ++r)
-              acc[j][r] += (r ? __builtin_shuffle(xv, masks[r]) : xv) * dv;
-          }
-        }
-        for (int j = 0; j < 3; ++j)
-          for (int r = 0; r < M; ++r) {
-            T* d = dwr + ((i * 3 + j) * M + r) * g.C + c0;
-            Ln::Store(d, Ln::Load(d) + acc[j][r]);
-          }
-      }
-      for (int j = 0; j < 3; ++j)
-        for (int r = 0; r < M; ++r)
-          for (int64_t c = Cv; c < g.C; ++c) {
-            T acc = 0;
-            for (int64_t wo = 0; wo < g.Wo; ++wo)
-              acc += row[(wo * g.sw + j) * g.C + R::Source(c, M, r)] * dyrow[wo * g.C + c];
-            dwr[((i * 3 + j) * M + r) * g.C + c] += acc;
-          }
-    }
-  }
-}
-
-// The square-group path applies (returns M), or 0 for the general path.
-template <typename T>
-int RotationGroups(const Geometry& g) {
-  const int64_t M = g.cin_g;
-  if (g.kh != 3 || g.kw != 3 || g.cout_g != M || Lanes<T>::V % M) return 0;
-  return static_cast<int>(M);
-}
-
 // Calls fn(std::integral_constant<int, M>) for the runtime M in {1, 2, 4, 8}.
 template <typename F>
 void DispatchM(int M, const F& fn) {
@@ -408,6 +284,169 @@ void DispatchM(int M, const F& fn) {
     case 4: fn(std::integral_constant<int, 4>()); break;
     case 8: fn(std::integral_constant<int, 8>()); break;
   }
+}
+
+// ---- Small groups (C/L = CO dividing the vector width, C_in/L = CI ≤ 2·CO, 3×3): the CIFAR and
+// ImageNet L100M2 layers. A vector of V outputs aligned to groups reads the V/CO·CI input
+// channels from c0·CI/CO on: at most two vectors of one padded row pixel. Term ci of lane u is
+// window lane (u / CO)·CI + ci: one constant lane shuffle and one multiply-add per term, no
+// gathered expansion; the weights are used as stored.
+
+template <typename T, int CI, int CO>
+struct Window {
+  using Ln = Lanes<T>;
+  using Mask = typename LaneMask<T>::Mask;
+  static constexpr bool kTwo = CI * Ln::V / CO > Ln::V;  // the window spans two vectors
+  static Mask Make(int ci) {
+    Mask m;
+    for (int64_t u = 0; u < Ln::V; ++u) m[u] = (u / CO) * CI + ci;
+    return m;
+  }
+  // The terms' inputs for lanes c0.. of one pixel: lanes of the window at p.
+  static typename Ln::Vec Pick(const T* p, const Mask& m) {
+    if constexpr (kTwo)
+      return __builtin_shuffle(Ln::Load(p), Ln::Load(p + Ln::V), m);
+    else
+      return __builtin_shuffle(Ln::Load(p), m);
+  }
+};
+
+template <typename T, int CI, int CO, int P>
+inline void WindowForwardBlock(const T* const* taps, int64_t step, const T* __restrict w,
+                               int64_t C, const typename LaneMask<T>::Mask* masks, T* out) {
+  using Ln = Lanes<T>;
+  using Win = Window<T, CI, CO>;
+  typename Ln::Vec acc[P] = {};
+#pragma GCC unroll 9
+  for (int t = 0; t < 9; ++t)
+#pragma GCC unroll 8
+    for (int ci = 0; ci < CI; ++ci) {
+      const auto wv = Ln::Load(w + (t * CI + ci) * C);
+      for (int p = 0; p < P; ++p) acc[p] += wv * Win::Pick(taps[t] + p * step, masks[ci]);
+    }
+  for (int p = 0; p < P; ++p) Ln::Store(out + p * C, acc[p]);
+}
+
+// Window slack: a padded row is followed by two spare vectors, so the last pixel's window load
+// stays inside the ring (the spare lanes are zeros and never picked).
+template <typename T>
+int64_t WindowRowSize(const Geometry& g) { return g.Wp * g.Cin + 2 * Lanes<T>::V; }
+
+template <typename T, int CI, int CO>
+void WindowForwardImage(const Geometry& g, const T* x_n, const T* w, T* y_n) {
+  constexpr int P = 4;
+  typename LaneMask<T>::Mask masks[CI];
+  for (int ci = 0; ci < CI; ++ci) masks[ci] = Window<T, CI, CO>::Make(ci);
+  const int64_t V = Lanes<T>::V, C = g.C, Cv = C - C % V, step = g.sw * g.Cin;
+  RowRing<T> ring(g, WindowRowSize<T>(g));
+  T* rows[3];
+  const T* taps[9];
+  for (int64_t ho = 0; ho < g.Ho; ++ho) {
+    LoadPaddedRows(g, x_n, ho, ring, rows);
+    T* yrow = y_n + ho * g.Wo * C;
+    for (int64_t c0 = 0; c0 < Cv; c0 += V) {
+      const int64_t base = c0 / CO * CI;
+      for (int64_t wo = 0; wo < g.Wo;) {
+        for (int t = 0; t < 9; ++t) taps[t] = rows[t / 3] + (wo * g.sw + t % 3) * g.Cin + base;
+        if (wo + P <= g.Wo) {
+          WindowForwardBlock<T, CI, CO, P>(taps, step, w + c0, C, masks, yrow + wo * C + c0);
+          wo += P;
+        } else {
+          WindowForwardBlock<T, CI, CO, 1>(taps, step, w + c0, C, masks, yrow + wo * C + c0);
+          wo += 1;
+        }
+      }
+    }
+    for (int64_t wo = 0; wo < g.Wo; ++wo)
+      for (int64_t c = Cv; c < C; ++c) {
+        T acc = 0;
+        for (int t = 0; t < 9; ++t)
+          for (int ci = 0; ci < CI; ++ci)
+            acc += w[(t * CI + ci) * C + c] *
+                   rows[t / 3][(wo * g.sw + t % 3) * g.Cin + c / CO * CI + ci];
+        yrow[wo * C + c] = acc;
+      }
+  }
+}
+
+// dw[i][j][ci][c] += sum over the image of the window term (i, j, ci)[c] * dy[c].
+template <typename T, int CI, int CO>
+void WindowKernelGradImage(const Geometry& g, const T* x_n, const T* dy_n, T* dw) {
+  using Ln = Lanes<T>;
+  using Win = Window<T, CI, CO>;
+  typename LaneMask<T>::Mask masks[CI];
+  for (int ci = 0; ci < CI; ++ci) masks[ci] = Win::Make(ci);
+  const int64_t V = Ln::V, C = g.C, Cv = C - C % V;
+  RowRing<T> ring(g, WindowRowSize<T>(g));
+  T* rows[3];
+  std::fill(dw, dw + 9 * CI * C, T(0));
+  for (int64_t ho = 0; ho < g.Ho; ++ho) {
+    LoadPaddedRows(g, x_n, ho, ring, rows);
+    const T* dyrow = dy_n + ho * g.Wo * C;
+    for (int i = 0; i < 3; ++i) {
+      const T* row = rows[i];
+      for (int64_t c0 = 0; c0 < Cv; c0 += V) {
+        const int64_t base = c0 / CO * CI;
+        typename Ln::Vec acc[3][CI] = {};
+        for (int64_t wo = 0; wo < g.Wo; ++wo) {
+          const auto dv = Ln::Load(dyrow + wo * C + c0);
+          for (int j = 0; j < 3; ++j) {
+            const T* p = row + (wo * g.sw + j) * g.Cin + base;
+#pragma GCC unroll 8
+            for (int ci = 0; ci < CI; ++ci) acc[j][ci] += Win::Pick(p, masks[ci]) * dv;
+          }
+        }
+        for (int j = 0; j < 3; ++j)
+          for (int ci = 0; ci < CI; ++ci) {
+            T* d = dw + ((i * 3 + j) * CI + ci) * C + c0;
+            Ln::Store(d, Ln::Load(d) + acc[j][ci]);
+          }
+      }
+      for (int j = 0; j < 3; ++j)
+        for (int ci = 0; ci < CI; ++ci)
+          for (int64_t c = Cv; c < C; ++c) {
+            T acc = 0;
+            for (int64_t wo = 0; wo < g.Wo; ++wo)
+              acc += row[(wo * g.sw + j) * g.Cin + c / CO * CI + ci] * dyrow[wo * C + c];
+            dw[((i * 3 + j) * CI + ci) * C + c] += acc;
+          }
+    }
+  }
+}
+
+// Calls fn(integral_constant CI, integral_constant CO) when the window path takes this layer
+// (3×3, C_in/L and C/L in 1, 2, 4, 8, C/L dividing the vector width, C_in/L ≤ 2·C/L);
+// returns whether it did.
+template <typename T, int CI, int CO, typename F>
+bool CallWindow(const F& fn) {
+  if constexpr (CI <= 2 * CO && Lanes<T>::V % CO == 0) {
+    fn(std::integral_constant<int, CI>(), std::integral_constant<int, CO>());
+    return true;
+  }
+  return false;
+}
+
+template <typename T, int CI, typename F>
+bool DispatchWindowOut(int64_t CO, const F& fn) {
+  switch (CO) {
+    case 1: return CallWindow<T, CI, 1>(fn);
+    case 2: return CallWindow<T, CI, 2>(fn);
+    case 4: return CallWindow<T, CI, 4>(fn);
+    case 8: return CallWindow<T, CI, 8>(fn);
+  }
+  return false;
+}
+
+template <typename T, typename F>
+bool DispatchWindow(const Geometry& g, const F& fn) {
+  if (g.kh != 3 || g.kw != 3) return false;
+  switch (g.cin_g) {
+    case 1: return DispatchWindowOut<T, 1>(g.cout_g, fn);
+    case 2: return DispatchWindowOut<T, 2>(g.cout_g, fn);
+    case 4: return DispatchWindowOut<T, 4>(g.cout_g, fn);
+    case 8: return DispatchWindowOut<T, 8>(g.cout_g, fn);
+  }
+  return false;
 }
 
 ffi::Error MakeGeometry(const ffi::AnyBuffer& x, const ffi::AnyBuffer& w, int64_t Ho, int64_t Wo,
@@ -427,20 +466,13 @@ ffi::Error MakeGeometry(const ffi::AnyBuffer& x, const ffi::AnyBuffer& w, int64_
 
 template <typename T>
 void Forward(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* w, T* y) {
-  if (const int M = RotationGroups<T>(g)) {
-    std::vector<T> wr(9 * M * g.C);  // wr[i][j][r][c] = w[i][j][(c + r) mod M][c]
-    for (int64_t t = 0; t < 9; ++t)
-      for (int r = 0; r < M; ++r)
-        for (int64_t c = 0; c < g.C; ++c)
-          wr[(t * M + r) * g.C + c] = w[(t * M + (c % M + r) % M) * g.C + c];
-    DispatchM(M, [&](auto m) {
-      ParallelFor(pool, g.N, [&](int64_t n) {
-        RotForwardImage<T, decltype(m)::value>(g, x + n * g.H * g.W * g.Cin, wr.data(),
-                                               y + n * g.Ho * g.Wo * g.C);
-      });
+  const bool window = DispatchWindow<T>(g, [&](auto ci, auto co) {
+    ParallelFor(pool, g.N, [&](int64_t n) {
+      WindowForwardImage<T, decltype(ci)::value, decltype(co)::value>(
+          g, x + n * g.H * g.W * g.Cin, w, y + n * g.Ho * g.Wo * g.C);
     });
-    return;
-  }
+  });
+  if (window) return;
   const std::vector<int32_t> src = SourceChannels(g);
   ParallelFor(pool, g.N, [&](int64_t n) {
     ForwardImage(g, x + n * g.H * g.W * g.Cin, w, src.data(), y + n * g.Ho * g.Wo * g.C);
@@ -452,16 +484,13 @@ template <typename T>
 void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* dy, T* dw) {
   const int64_t KW = g.kh * g.kw * g.cin_g * g.C;
   std::vector<T> partial(g.N * KW);
-  const int M = RotationGroups<T>(g);
-  if (M) {
-    DispatchM(M, [&](auto m) {
-      ParallelFor(pool, g.N, [&](int64_t n) {
-        RotKernelGradImage<T, decltype(m)::value>(g, x + n * g.H * g.W * g.Cin,
-                                                  dy + n * g.Ho * g.Wo * g.C,
-                                                  partial.data() + n * KW);
-      });
+  const bool window = DispatchWindow<T>(g, [&](auto ci, auto co) {
+    ParallelFor(pool, g.N, [&](int64_t n) {
+      WindowKernelGradImage<T, decltype(ci)::value, decltype(co)::value>(
+          g, x + n * g.H * g.W * g.Cin, dy + n * g.Ho * g.Wo * g.C, partial.data() + n * KW);
     });
-  } else {
+  });
+  if (!window) {
     const std::vector<int32_t> src = SourceChannels(g);
     ParallelFor(pool, g.N, [&](int64_t n) {
       KernelGradImage(g, x + n * g.H * g.W * g.Cin, dy + n * g.Ho * g.Wo * g.C, src.data(),
@@ -472,14 +501,7 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* d
     const T* p = partial.data() + n * KW;
     for (int64_t k = 0; k < KW; ++k) partial[k] += p[k];
   }
-  if (!M) {
-    std::copy(partial.begin(), partial.begin() + KW, dw);
-    return;
-  }
-  for (int64_t t = 0; t < 9; ++t)  // dw[i][j][ci][c] = dwr[i][j][(ci - c) mod M][c]
-    for (int64_t ci = 0; ci < M; ++ci)
-      for (int64_t c = 0; c < g.C; ++c)
-        dw[(t * M + ci) * g.C + c] = partial[(t * M + ((ci - c % M) % M + M) % M) * g.C + c];
+  std::copy(partial.begin(), partial.begin() + KW, dw);
 }
 
 // Calls fn(T{}) with T the C++ type of a float32 or float64 buffer; an error for other dtypes.
@@ -628,14 +650,14 @@ inline typename Lanes<T>::Vec Repeat(const T* src, int64_t c0) {
     uint64_t w[2];
     std::memcpy(w, src, 16);
     Words v = {w[0], w[1], w[0], w[1]};
-    return reinterpret_cast<Vec&>(v);
+    return (Vec)v;  // a GCC vector cast reinterprets the bits
   } else {
     typedef typename std::conditional<bytes == 8, uint64_t, uint32_t>::type Word;
     typedef Word Words __attribute__((vector_size(sizeof(Vec))));
     Word w;
     std::memcpy(&w, src, bytes);
     Words v = Words{} + w;
-    return reinterpret_cast<Vec&>(v);
+    return (Vec)v;  // a GCC vector cast reinterprets the bits
   }
   static_assert(V > 0);
 }
