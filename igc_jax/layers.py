@@ -139,8 +139,8 @@ def batch_norm_train(x, scale, bias, epsilon: float):
 
 
 def _batch_norm_train_fwd(x, scale, bias, epsilon):
-    mean, var = _batch_stats(x.astype(jnp.float32))
-    return (_normalize(x, mean, var, scale, bias, epsilon), mean, var), (x, mean, var, scale)
+    y, mean, var = batch_norm_train(x, scale, bias, epsilon)
+    return (y, mean, var), (x, mean, var, scale)
 
 
 def _batch_norm_train_bwd(epsilon, residuals, cotangents):

@@ -158,6 +158,14 @@ def _acc_dtype(dtype):
     return jnp.promote_types(dtype, jnp.float32)
 
 
+def _pixel_tile(P: int, num_pixels: int, taps, geom):
+    """This program's P output pixels (flat indices), which of them exist, and each tap's
+    (input base offset, inside-the-image mask) for them."""
+    pix = pl.program_id(0) * P + jnp.arange(P, dtype=jnp.int32)
+    valid = pix < num_pixels
+    return pix, valid, [_tap_base(pix, valid, tap, geom) for tap in taps]
+
+
 def _matmul(a, b, dtype):
     """a @ b in `dtype`, accumulated in `_acc_dtype`. Triton's dot needs every dim ≥ 16; below
     that, multiply-adds."""
@@ -172,10 +180,8 @@ def _fma_kernel(x_ref, wp_ref, wd_ref, o_ref, *, geom, dims, blocks: Blocks, num
     L, M, C, k_i, r, taps = dims
     P, TG, TO, TL = blocks.pixels, blocks.groups, blocks.out, blocks.l
     acc_t = _acc_dtype(x_ref.dtype)
-    pix = pl.program_id(0) * P + jnp.arange(P, dtype=jnp.int32)
-    valid = pix < num_pixels
+    pix, valid, bases = _pixel_tile(P, num_pixels, taps, geom)
     g0, o0 = pl.program_id(1) * TG, pl.program_id(2) * TO
-    bases = [_tap_base(pix, valid, tap, geom) for tap in taps]
 
     def l_block(lb, acc):
         l = lb * TL + jnp.arange(TL, dtype=jnp.int32)
@@ -209,10 +215,8 @@ def _dot_kernel(x_ref, wp_ref, wd_ref, o_ref, *, geom, dims, blocks: Blocks, num
     L, M, C, k_i, _, taps = dims
     P, TJ, TO, TK = blocks.pixels, blocks.groups, blocks.out, blocks.k
     acc_t = _acc_dtype(x_ref.dtype)
-    pix = pl.program_id(0) * P + jnp.arange(P, dtype=jnp.int32)
-    valid = pix < num_pixels
+    pix, valid, bases = _pixel_tile(P, num_pixels, taps, geom)
     j0, o0 = pl.program_id(1) * TJ, pl.program_id(2) * TO
-    bases = [_tap_base(pix, valid, tap, geom) for tap in taps]
     k = jnp.arange(TK, dtype=jnp.int32)
 
     def group(l, acc):

@@ -198,7 +198,7 @@ def mix(y1, Q):
 
 
 def _mix_fwd(y1, Q):
-    return y1 @ Q, (y1, Q)
+    return mix(y1, Q), (y1, Q)
 
 
 def _mix_bwd(residuals, dy):

@@ -86,6 +86,20 @@ struct RowRing {
     buf.assign(geo.kh * row_size, T(0));
   }
   T* slot(int64_t hp) { return buf.data() + (hp % g.kh) * row_size; }
+
+  // Makes sure the ring holds the kh padded rows output row ho reads, filling a missing row hp
+  // with fill(hp, slot); their addresses in rows.
+  template <typename Fill>
+  void Load(int64_t ho, T** rows, const Fill& fill) {
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t hp = ho * g.sh + i;
+      if (row[hp % g.kh] != hp) {
+        fill(hp, slot(hp));
+        row[hp % g.kh] = hp;
+      }
+      rows[i] = slot(hp);
+    }
+  }
 };
 
 // Fills xe[wp][ci][c] for padded row hp of image x_n (zeros outside the image).
@@ -161,18 +175,11 @@ inline void ForwardTail(const Geometry& g, T* const* xrows, const T* w, int64_t 
   }
 }
 
-// Makes sure the ring holds the kh padded rows output row ho reads; their addresses in xrows.
+// Loads the kh expanded rows output row ho reads (ExpandRow); their addresses in xrows.
 template <typename T>
 void LoadRows(const Geometry& g, const T* x_n, const int32_t* src, int64_t ho, RowRing<T>& ring,
               T** xrows) {
-  for (int64_t i = 0; i < g.kh; ++i) {
-    const int64_t hp = ho * g.sh + i;
-    if (ring.row[hp % g.kh] != hp) {
-      ExpandRow(g, x_n, src, hp, ring.slot(hp));
-      ring.row[hp % g.kh] = hp;
-    }
-    xrows[i] = ring.slot(hp);
-  }
+  ring.Load(ho, xrows, [&](int64_t hp, T* slot) { ExpandRow(g, x_n, src, hp, slot); });
 }
 
 template <typename T>
@@ -263,16 +270,10 @@ void PadRow(const Geometry& g, const T* x_n, int64_t hp, T* row) {
   std::fill(row + last * g.Cin, row + width, T(0));
 }
 
+// Loads the kh padded rows output row ho reads (PadRow); their addresses in rows.
 template <typename T>
 void LoadPaddedRows(const Geometry& g, const T* x_n, int64_t ho, RowRing<T>& ring, T** rows) {
-  for (int64_t i = 0; i < g.kh; ++i) {
-    const int64_t hp = ho * g.sh + i;
-    if (ring.row[hp % g.kh] != hp) {
-      PadRow(g, x_n, hp, ring.slot(hp));
-      ring.row[hp % g.kh] = hp;
-    }
-    rows[i] = ring.slot(hp);
-  }
+  ring.Load(ho, rows, [&](int64_t hp, T* slot) { PadRow(g, x_n, hp, slot); });
 }
 
 // Calls fn(std::integral_constant<int, M>) for the runtime M in {1, 2, 4, 8}.
@@ -479,6 +480,15 @@ void Forward(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* w, T
   });
 }
 
+// out = Σ_k parts[k·K .. (k+1)·K) for k = 0, 1, ..., n - 1, added in that order: partial sums
+// kept per image (or fixed chunk of images), not per thread, make results reproducible.
+template <typename T>
+void SumInOrder(const std::vector<T>& parts, int64_t n, int64_t K, T* out) {
+  std::copy(parts.begin(), parts.begin() + K, out);
+  for (int64_t k = 1; k < n; ++k)
+    for (int64_t i = 0; i < K; ++i) out[i] += parts[k * K + i];
+}
+
 // Per-image partials summed in image order: the result does not depend on the thread count.
 template <typename T>
 void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* dy, T* dw) {
@@ -497,11 +507,7 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* d
                       partial.data() + n * KW);
     });
   }
-  for (int64_t n = 1; n < g.N; ++n) {
-    const T* p = partial.data() + n * KW;
-    for (int64_t k = 0; k < KW; ++k) partial[k] += p[k];
-  }
-  std::copy(partial.begin(), partial.begin() + KW, dw);
+  SumInOrder(partial, g.N, KW, dw);
 }
 
 // Calls fn(T{}) with T the C++ type of a float32 or float64 buffer; an error for other dtypes.
@@ -601,9 +607,7 @@ void ChunkedSum(ffi::ThreadPool& pool, int64_t N, int64_t HW, int64_t K, T* out,
     const int64_t n0 = k * per_chunk, n1 = std::min(N, n0 + per_chunk);
     fn(n0 * HW, (n1 - n0) * HW, partial.data() + k * K);
   });
-  std::copy(partial.begin(), partial.begin() + K, out);
-  for (int64_t k = 1; k < chunks; ++k)
-    for (int64_t i = 0; i < K; ++i) out[i] += partial[k * K + i];
+  SumInOrder(partial, chunks, K, out);
 }
 
 template <typename T>
