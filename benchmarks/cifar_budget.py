@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from igc_jax.metrics_log import read_metrics
+from igc_jax.training.metrics_log import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "experiments" / "cifar10_igc.py"

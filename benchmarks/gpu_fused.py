@@ -8,12 +8,12 @@ Side by side in one run (one process, one device):
             matmul in TFLOP/s, a large streaming copy (read + write) in GB/s.
   check     at full size, `fused` (both tilings) equals every unfused mode (outputs; gradients
             against `grouped` for one layer per tiling).
-  layers    one IGC layer, forward and forward+backward, in every mode of igc_jax.ops.MODES, plus
+  layers    one IGC layer, forward and forward+backward, in every mode of igc_jax.modes.MODES, plus
             the fused kernel's other tiling and a few tile sizes, for the paper's CIFAR (batch 256,
             float32) and ImageNet (batch 128, bfloat16) (L, M, width) shapes. A layer is timed as a
             chain of `--chain` applications inside one jit (shape-preserving layers) so launch
             overhead is amortised as in a network.
-  training  jitted training steps (igc_jax.train.train_step, SGD + Nesterov, donated state) of
+  training  jitted training steps (igc_jax.steps.train_step, SGD + Nesterov, donated state) of
             IGC-L24M2 D=20 (CIFAR, batch 256, float32), IGC-L16M16+Ident. and ResNet-18 C=69
             (ImageNet 224², batch 128, bfloat16), in each mode.
 Reported: time, images/s, achieved TFLOP/s (useful multiply-adds × 2, IGC counted exactly, not
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import importlib.util
 import json
 import math
 import platform
@@ -46,13 +45,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from igc_jax import ops, pallas_igc, sharding, summary, train
-from igc_jax.pallas_igc import Blocks
+from igc_jax import configs, summary
+from igc_jax.igc import fused, modes
+from igc_jax.training import sharding
+from igc_jax.training import steps as train_steps
+from igc_jax.igc.fused import Blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 # `native` is the C++ kernel for CPU, not a GPU mode.
-UNFUSED = [m for m in ops.MODES if m not in ("fused", "native")]
+UNFUSED = [m for m in modes.MODES if m not in ("fused", "native")]
 # Unfused modes timed only where their docstrings say they are meant for; elsewhere their run and
 # compile times grow with K_i = C_in/L or with L past usefulness. `composed` (L× the primary's
 # multiply-adds) is timed on every layer but on no ImageNet network.
@@ -212,10 +214,10 @@ def layer_fn(layer: Layer, variant: str, blocks: Blocks | None = None) -> Callab
     kw = dict(L=layer.L, M=layer.M, strides=(layer.stride,) * 2, padding=((1, 1), (1, 1)))
     if variant.startswith("fused"):
         if blocks is None and ":" in variant:
-            blocks = pallas_igc.default_blocks(layer.L, layer.M, layer.c_in, layer.C,
+            blocks = fused.default_blocks(layer.L, layer.M, layer.c_in, layer.C,
                                                variant.split(":")[1])
-        return functools.partial(pallas_igc.igc_fused, blocks=blocks, **kw)
-    return functools.partial(ops.MODES[variant], **kw)
+        return functools.partial(fused.igc_fused, blocks=blocks, **kw)
+    return functools.partial(modes.MODES[variant], **kw)
 
 
 def chain(f: Callable, n: int) -> Callable:
@@ -229,7 +231,7 @@ def chain(f: Callable, n: int) -> Callable:
 
 def fused_variants(layer: Layer) -> list[str]:
     """`fused` (default tiles) and its other tiling where that one can compute the layer."""
-    default = pallas_igc.default_blocks(layer.L, layer.M, layer.c_in, layer.C).tiling
+    default = fused.default_blocks(layer.L, layer.M, layer.c_in, layer.C).tiling
     other = "fma" if default == "dot" else "dot"
     standard = layer.C // layer.M == layer.L
     return ["fused"] + ([f"fused:{other}"] if other == "fma" or standard else [])
@@ -237,7 +239,7 @@ def fused_variants(layer: Layer) -> list[str]:
 
 def block_candidates(layer: Layer) -> list[Blocks]:
     """A few tile sizes around the default, for the target layers (tuning data for later)."""
-    b = pallas_igc.default_blocks(layer.L, layer.M, layer.c_in, layer.C)
+    b = fused.default_blocks(layer.L, layer.M, layer.c_in, layer.C)
     cands = [dataclasses.replace(b, pixels=64), dataclasses.replace(b, num_warps=8),
              dataclasses.replace(b, pixels=16, num_warps=2)]
     if b.tiling == "fma":
@@ -297,7 +299,7 @@ def check_layers(layers: list[Layer], errors: list[str]) -> list[dict]:
                 refs[m] = y
         for variant in fused_variants(layer):
             tiling = variant.split(":")[1] if ":" in variant else \
-                pallas_igc.default_blocks(layer.L, layer.M, layer.c_in, layer.C).tiling
+                fused.default_blocks(layer.L, layer.M, layer.c_in, layer.C).tiling
             row = attempt(f"check {layer.name} {variant}",
                           lambda: check_variant(layer, variant, args, refs,
                                                 tiling not in grads_done), errors)
@@ -378,10 +380,7 @@ def time_layers(layers: list[Layer], ceil: dict, *, chain_len: int, repeats: int
 def load_config(net: Network):
     """The experiment's config with the benchmark's batch (and the dry run's model overrides)."""
     path = ROOT / "experiments" / f"{net.experiment}.py"
-    spec = importlib.util.spec_from_file_location(f"experiments.{net.experiment}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(net.arg)
+    config = configs.load_config_module(path).get_config(net.arg)
     config.batch_size = net.batch
     for key, value in net.overrides.items():
         config.model[key] = value
@@ -396,11 +395,11 @@ def time_step(net: Network, mode: str, batch: dict, mesh, *, macs: int, ceil: di
     config = load_config(net)
     config.conv_mode = mode
     size = config.dataset.image_size
-    model = train.make_model(config)
-    schedule = train.learning_rate_schedule(config, 1000, 100_000)
-    tx = train.make_optimizer(config, schedule)
-    state, shardings = train.init_state(model, tx, (size, size, 3), 0, mesh)
-    step, _, _ = train.compile_steps(model, tx, schedule, shardings, mesh)
+    model = train_steps.make_model(config)
+    schedule = train_steps.learning_rate_schedule(config, 1000, 100_000)
+    tx = train_steps.make_optimizer(config, schedule)
+    state, shardings = train_steps.init_state(model, tx, (size, size, 3), 0, mesh)
+    step, _, _ = train_steps.compile_steps(model, tx, schedule, shardings, mesh)
     t = time.perf_counter()
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
@@ -415,7 +414,7 @@ def time_step(net: Network, mode: str, batch: dict, mesh, *, macs: int, ceil: di
     s = statistics.median(windows)
     flops = 3 * 2 * macs * net.batch
     return {"network": net.name, "mode": mode,
-            "resolved_mode": ops.select_mode() if mode == "auto" else mode,
+            "resolved_mode": mode,  # `auto` resolves per layer; see the run's conv_modes
             "batch": net.batch, "dtype": config.dtype, "image_size": size,
             "macs_per_image": macs, "ms_per_step": 1e3 * s, "images_per_s": net.batch / s,
             "tflops": flops / s / 1e12,

@@ -1,4 +1,4 @@
-"""Time every IGC computation mode (igc_jax.ops.MODES) against a dense 3×3 conv of the same width.
+"""Time every IGC computation mode (igc_jax.modes.MODES) against a dense 3×3 conv of the same width.
 
 For each (L, M): forward, and forward+backward (gradients w.r.t. input and both kernels, as in
 training), at batch 64, 32×32, width C = L·M, float32, all in one process side by side with the
@@ -24,11 +24,10 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from benchmarks import run
-from igc_jax import ops
-from igc_jax.layers import he_normal
+from igc_jax.igc import layers, modes
+from igc_jax.igc.layers import he_normal
 
 CONFIGS = ((24, 2), (8, 8), (4, 16), (64, 1))
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -37,9 +36,9 @@ PAD = ((1, 1), (1, 1))
 
 def forward_fns(L: int, M: int, modes: Sequence[str]) -> dict[str, Callable]:
     """name → f(x, kernels) for the dense conv and each IGC mode (kernels: a tuple)."""
-    fns = {"dense": lambda x, ks: ops.conv(x, ks[0], padding=PAD)}
+    fns = {"dense": lambda x, ks: modes.conv(x, ks[0], padding=PAD)}
     for mode in modes:
-        fns[mode] = (lambda mode: lambda x, ks: ops.igc_apply(x, *ks, L=L, M=M, padding=PAD,
+        fns[mode] = (lambda mode: lambda x, ks: layers.igc_apply(x, *ks, L=L, M=M, padding=PAD,
                                                               mode=mode))(mode)
     return fns
 
@@ -132,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=32)
     suite = "cpu" if jax.default_backend() == "cpu" else "gpu"
-    parser.add_argument("--modes", nargs="+", default=run.modes_for(suite), choices=list(ops.MODES),
+    parser.add_argument("--modes", nargs="+", default=run.modes_for(suite), choices=list(modes.MODES),
                         help="default: the modes of this device's suite (benchmarks.run.modes_for)")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per measurement (max)")
     parser.add_argument("--budget", type=float, default=15.0,
@@ -154,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "date": datetime.date.today().isoformat(), "jax": jax.__version__,
         "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
         "platform": platform.platform(), "cpu_count": os.cpu_count(), "batch": args.batch,
-        "size": args.size, "modes": args.modes, "auto": ops.select_mode(),
+        "size": args.size, "modes": args.modes, "auto": "per layer (igc_jax.igc.select)",
         "loadavg_before": loadavg_before, "loadavg_after": [round(v, 2) for v in os.getloadavg()],
         "fastest_fwd_bwd": fastest,
         "note": "The machine is shared with other jobs and noisy: absolute times vary run to run; "

@@ -6,7 +6,7 @@
 
 Everything runs in one process, one item after another, so ratios compare like with like:
 1. the machine's ceilings (benchmarks/roofline.py): dense matmul multiply-adds/s, copy bandwidth;
-2. one IGC layer in every mode of `igc_jax.ops.MODES` (and `auto`'s pick, and PyTorch's grouped
+2. one IGC layer in every mode of `igc_jax.modes.MODES` (and `auto`'s pick, and PyTorch's grouped
    conv2d + channel_shuffle) at the (L, M, width) of the paper's CIFAR and ImageNet networks,
    forward and forward+backward (gradients of input and both kernels), against its roofline;
 3. full jitted training steps (forward, backward, SGD-Nesterov + L2 update with optax, batch-norm
@@ -36,8 +36,9 @@ import ml_collections
 import optax
 
 from benchmarks import roofline
-from igc_jax import models, native, ops, summary
-from igc_jax.layers import he_normal
+from igc_jax import models, summary
+from igc_jax.igc import layers, native, select
+from igc_jax.igc.layers import he_normal
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAD = ((1, 1), (1, 1))
@@ -104,7 +105,7 @@ def _stats(times: list[float]) -> dict[str, Any]:
 def layer_fns(mode: str, L: int, M: int, stride: int) -> tuple[Callable, Callable]:
     """Jitted forward and forward+backward (grads of x and both kernels) of one IGC layer."""
     def f(x, p, s):
-        return ops.igc_apply(x, p, s, L=L, M=M, strides=(stride, stride), padding=PAD, mode=mode)
+        return layers.igc_apply(x, p, s, L=L, M=M, strides=(stride, stride), padding=PAD, mode=mode)
 
     def loss(x, p, s):
         return jnp.sum(jnp.square(f(x, p, s).astype(jnp.float32)))
@@ -113,12 +114,12 @@ def layer_fns(mode: str, L: int, M: int, stride: int) -> tuple[Callable, Callabl
 
 
 def modes_for(suite: str) -> list[str]:
-    """Every mode of ops.MODES for the suite's device: Pallas `fused` only on GPU (on CPU it runs
-    in interpret mode), the C++ `native` only on CPU (and only where its kernels build)."""
+    """Every mode of layers.ALL_MODES for the suite's device: the experimental Pallas `fused` only
+    on GPU (on CPU it runs in interpret mode), the C++ `native` only on CPU (where it builds)."""
     skip = {"fused"} if suite == "cpu" else {"native"}
     if suite == "cpu" and not native.available():
         skip.add("native")
-    return [m for m in ops.MODES if m not in skip]
+    return [m for m in layers.ALL_MODES if m not in skip]
 
 
 def bench_layers(suite: str, quick: bool, dtype, ceil: roofline.Ceilings, torch_peer, reps: int,
@@ -134,13 +135,13 @@ def bench_layers(suite: str, quick: bool, dtype, ceil: roofline.Ceilings, torch_
         x = jax.random.normal(keys[0], (N, H, H, C_in), dtype)
         p = he_normal(keys[1], (3, 3, C_in // L, C), jnp.float32).astype(dtype)
         s = he_normal(keys[2], (1, 1, C // M, C), jnp.float32).astype(dtype)
-        shape = ops.LayerShape(L=L, M=M, C_in=C_in, C=C, strides=(stride, stride))
+        shape = select.LayerShape(L=L, M=M, C_in=C_in, C=C, strides=(stride, stride))
         macs = roofline.igc_layer_macs(N, Ho, Ho, C_in, C, L, M)
         w_elems = p.size + s.size
         x_elems, y_elems = x.size, N * Ho * Ho * C
         row = {"network": net, "layer": layer, "N": N, "H": H, "C_in": C_in, "C": C, "L": L,
                "M": M, "stride": stride, "macs": macs,
-               "auto": ops.select_mode(backend=jax.default_backend(), shape=shape),
+               "auto": select.select_mode(shape, select.detect_context()),
                "roofline_ms": {
                    "fwd": 1e3 * ceil.roofline_s(macs, roofline.layer_bytes(
                        x_elems, y_elems, w_elems, itemsize, backward=False)),
@@ -151,7 +152,7 @@ def bench_layers(suite: str, quick: bool, dtype, ceil: roofline.Ceilings, torch_
         for mode in modes_for(suite):
             entry = {}
             fwd, fwd_bwd = layer_fns(mode, L, M, stride)
-            out_of_range = ((mode == "taps" and 9 * (C_in // L) > ops.TAPS_MAX_TERMS)
+            out_of_range = ((mode == "taps" and 9 * (C_in // L) > select.TAPS_MAX_TERMS)
                             or (mode == "split" and L > 64))
             for kind, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
                 if out_of_range:

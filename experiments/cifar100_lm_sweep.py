@@ -48,7 +48,8 @@ from pathlib import Path
 
 import ml_collections
 
-from igc_jax import models, sweep
+from igc_jax import configs, sweep
+from igc_jax.configs import networks
 
 DEPTH = 8
 # (L, M) of the IGC points, in the table's order; the test checks the budgets and that each L is
@@ -60,13 +61,13 @@ REGCONV_WIDTHS = (16, 18)
 
 def base_config() -> ml_collections.ConfigDict:
     """CIFAR-100 and spec §4 training, from the per-network config file."""
-    cifar100 = sweep.load_config_file(Path(__file__).resolve().with_name("cifar100_igc.py"))
+    cifar100 = configs.load_config_module(Path(__file__).resolve().with_name("cifar100_igc.py"))
     return cifar100.get_config(f"L40M2,D{DEPTH}")
 
 
 def get_sweep() -> list[tuple[str, dict]]:
     points = [(f"L{L}M{M}", {"model.L": L, "model.M": M}) for L, M in IGC_POINTS]
-    points += [(f"RegConv-W{w}", {"model": dict(models.cifar_model(f"W{w},D{DEPTH}"))})
+    points += [(f"RegConv-W{w}", {"model": dict(networks.cifar_model(f"W{w},D{DEPTH}"))})
                for w in REGCONV_WIDTHS]
     return points
 

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import ml_collections
 
-from igc_jax import models, sweep
+from igc_jax import configs, sweep
+from igc_jax.configs import networks
 
 DEPTHS = (8, 20, 26)
 # Point-name stem → `models.cifar_model` network string (without depth and ident).
@@ -54,7 +55,7 @@ def residual_depth_ok(depth: int) -> bool:
 
 def base_config() -> ml_collections.ConfigDict:
     """CIFAR-10 and spec §4 training, from the per-network config file."""
-    cifar10 = sweep.load_config_file(Path(__file__).resolve().with_name("cifar10_igc.py"))
+    cifar10 = configs.load_config_module(Path(__file__).resolve().with_name("cifar10_igc.py"))
     return cifar10.get_config(f"L24M2,D{DEPTHS[0]}")
 
 
@@ -62,11 +63,11 @@ def get_sweep() -> list[tuple[str, dict]]:
     points = []
     for depth in DEPTHS:
         for stem, net in NETWORKS.items():
-            plain = models.cifar_model(f"{net},D{depth}")
+            plain = networks.cifar_model(f"{net},D{depth}")
             points.append((f"D{depth}-{stem}", {"model": dict(plain)}))
             if residual_depth_ok(depth):
                 points.append((f"D{depth}-{stem}-Ident",
-                               {"model": dict(models.cifar_model(f"{net},D{depth},ident"))}))
+                               {"model": dict(networks.cifar_model(f"{net},D{depth},ident"))}))
     return points
 
 

@@ -65,16 +65,18 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint_dir: str) 
     import jax
     import jax.numpy as jnp
 
-    from igc_jax import configs, convert_mxnet, sharding, train
+    from igc_jax.mxnet import convert as convert_mxnet
+    from igc_jax.training import loop, sharding, steps
+    from igc_jax.training.validate import validate
 
-    configs.validate(config)
+    validate(config)
     info = convert_mxnet.load_converted_info(checkpoint_dir)
     if info["num_classes"] != config.dataset.num_classes:
         raise ValueError(f"the checkpoint has {info['num_classes']} classes, the config "
                          f"{config.dataset.num_classes}")
     warn_normalization(config, info)
     variables = convert_mxnet.load_converted(checkpoint_dir)
-    model = train.make_model(config)
+    model = steps.make_model(config)
     size = config.dataset.image_size
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
     abstract = jax.eval_shape(lambda rng, x: model.init(rng, x, train=False),
@@ -84,12 +86,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint_dir: str) 
     mesh = sharding.make_mesh()
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
     rep = sharding.replicated(mesh)
-    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                              batch_stats=variables["batch_stats"], opt_state=())
     state = jax.device_put(state, rep)
-    eval_fn = jax.jit(functools.partial(train.eval_step, model=model),
+    eval_fn = jax.jit(functools.partial(steps.eval_step, model=model),
                       in_shardings=(rep, sharding.batch_sharding(mesh)), out_shardings=rep)
-    return train.evaluate(eval_fn, state, config, mesh, stop=lambda: False)
+    return loop.evaluate(eval_fn, state, config, mesh, stop=lambda: False)
 
 
 def main(argv) -> None:

@@ -41,7 +41,7 @@ def fail(message: str, code: int) -> None:
 
 def main(argv) -> None:
     del argv
-    from igc_jax import train  # after flag parsing, so --helpfull stays fast
+    from igc_jax.training import loop as train  # after flag parsing, so --helpfull stays fast
     logging.getLogger("absl").setLevel(logging.WARNING)
     initialize_distributed()
     try:

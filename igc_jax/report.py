@@ -115,7 +115,7 @@ def _read_json(path) -> dict | None:
 
 
 def load_run(workdir: str) -> Run:
-    from igc_jax.metrics_log import read_metrics  # skips a line cut short by a kill
+    from igc_jax.training.metrics_log import read_metrics  # skips a line cut short by a kill
 
     path = _epath(workdir)
     return Run(name=path.name, path=str(path), config=_read_json(path / "config.json"),

@@ -26,7 +26,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from igc_jax import models
-from igc_jax.layers import BatchNorm, IGCConv
+from igc_jax.igc.layers import BatchNorm, IGCConv
 
 # Spec §3: the paper's ImageNet table, (#params in millions, FLOPs in G) per network.
 PAPER_IMAGENET = {

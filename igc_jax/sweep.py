@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -29,6 +27,8 @@ from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 
 import ml_collections
+
+from igc_jax import configs
 
 FINISHED = "finished"
 # Names become directory names, `--only` items and the `:arg` of `--config=file:arg`.
@@ -87,22 +87,8 @@ def point_config(base: ml_collections.ConfigDict, points: Sequence[Point], name:
     return apply_overrides(base, by_name[name])
 
 
-def load_config_file(path: str | os.PathLike) -> ModuleType:
-    """Import a config file by path, as ml_collections' config_flags does (sweep files use it to
-    start from a per-network config file, e.g. experiments/cifar100_igc.py)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"config file {path!r} not found")
-    spec = importlib.util.spec_from_file_location(f"_igc_config_{abs(hash(path))}", path)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"cannot load config file {path!r}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def load_sweep_module(path: str) -> ModuleType:
-    module = load_config_file(path)
+    module = configs.load_config_module(path)
     if not hasattr(module, "get_sweep"):
         raise ValueError(f"{path} defines no get_sweep(); it is not a sweep file")
     return module

@@ -20,12 +20,9 @@ TINY = ["--config.model.depth=5", "--config.model.L=2", "--config.model.M=2",
 
 def tiny_config(**overrides):
     """The quick-start config shrunk like `TINY`, with `overrides` applied (dotted keys as __)."""
-    sys.path.insert(0, str(QUICKSTART.parent))
-    try:
-        import quickstart
-    finally:
-        sys.path.pop(0)
-    c = quickstart.get_config()
+    from igc_jax import configs
+
+    c = configs.load_config(QUICKSTART)
     c.model.depth, c.model.L, c.model.M = 5, 2, 2
     c.batch_size, c.eval_batch_size, c.log_every_steps = 32, 64, 1
     for key, value in overrides.items():
@@ -62,7 +59,7 @@ def free_port() -> int:
 
 
 def train_losses(workdir: Path) -> np.ndarray:
-    from igc_jax.metrics_log import read_metrics
+    from igc_jax.training.metrics_log import read_metrics
     return np.array([r["loss"] for r in read_metrics(workdir / "metrics.jsonl")
                      if r["kind"] == "train"])
 

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 from benchmarks import gpu_fused, run
-from igc_jax import native, ops
+from igc_jax.igc import layers, native
 
 
 def test_suite_modes_match_devices():
     assert "native" not in run.modes_for("gpu") and "fused" in run.modes_for("gpu")
     assert "fused" not in run.modes_for("cpu")
     assert ("native" in run.modes_for("cpu")) == native.available()
-    assert set(run.modes_for("gpu")) | {"native"} == set(ops.MODES)
+    assert set(run.modes_for("gpu")) | {"native"} == set(layers.ALL_MODES)
 
 
 def test_gpu_script_times_no_cpu_only_mode():

@@ -17,9 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from igc_jax import configs, convert_mxnet, evaluate, models, mxnet_format
+from igc_jax import configs, evaluate, models
+from igc_jax import convert_mxnet as convert_cli
+from igc_jax.mxnet import convert as convert_mxnet
+from igc_jax.mxnet import format as mxnet_format
 from igc_jax.data import NORMALIZATION
-from igc_jax.layers import BatchNorm, IGCConv, same_padding
+from igc_jax.igc.layers import BatchNorm, IGCConv, same_padding
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mxnet"
 OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_models"
@@ -89,7 +92,7 @@ def test_fixture_models_are_the_expected_configs():
 def test_cli_writes_a_checkpoint_that_loads_back_exactly(tmp_path, capsys):
     name = "cifar_igc_l2m4_d8"
     symbol_path, params_path = FIXTURES / f"{name}-symbol.json", FIXTURES / f"{name}-0000.params"
-    convert_mxnet.main([f"--symbol={symbol_path}", f"--params={params_path}",
+    convert_cli.main([f"--symbol={symbol_path}", f"--params={params_path}",
                         f"--out={tmp_path}/c"])
     assert "written to" in capsys.readouterr().out
     loaded = convert_mxnet.load_converted(tmp_path / "c")
@@ -102,7 +105,7 @@ def test_cli_writes_a_checkpoint_that_loads_back_exactly(tmp_path, capsys):
     assert info["model"]["name"] == "cifar_igc" and info["image_size"] == 32
     assert info["source"] == {"symbol": symbol_path.name, "params": params_path.name}
     with pytest.raises(SystemExit):  # the output directory is never overwritten
-        convert_mxnet.main([f"--symbol={symbol_path}", f"--params={params_path}",
+        convert_cli.main([f"--symbol={symbol_path}", f"--params={params_path}",
                             f"--out={tmp_path}/c"])
     assert "already exists" in capsys.readouterr().err
 
@@ -270,7 +273,7 @@ def test_evaluate_reproduces_mxnet_top1_and_top5(tmp_path):
     (tmp_path / "data").mkdir()
     np.savez(tmp_path / "data" / "test.npz", image=ref["image"], label=labels)
     np.savez(tmp_path / "data" / "train.npz", image=ref["image"], label=labels)
-    convert_mxnet.main([f"--symbol={FIXTURES / f'{name}-symbol.json'}",
+    convert_cli.main([f"--symbol={FIXTURES / f'{name}-symbol.json'}",
                         f"--params={FIXTURES / f'{name}-0000.params'}", f"--out={tmp_path}/ckpt"])
     config = configs.base_config()
     config.model = convert_mxnet.load_converted_info(tmp_path / "ckpt")["model"]
@@ -284,7 +287,7 @@ def test_evaluate_reproduces_mxnet_top1_and_top5(tmp_path):
 
 def test_evaluate_refuses_a_checkpoint_of_another_network(tmp_path):
     name = "imagenet_resnet_tiny"
-    convert_mxnet.main([f"--symbol={FIXTURES / f'{name}-symbol.json'}",
+    convert_cli.main([f"--symbol={FIXTURES / f'{name}-symbol.json'}",
                         f"--params={FIXTURES / f'{name}-0000.params'}", f"--out={tmp_path}/ckpt"])
     config = configs.base_config()
     config.model = {"name": "imagenet_resnet18", "stem_width": 8, "widths": (8, 16, 32, 128)}

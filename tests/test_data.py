@@ -165,7 +165,8 @@ def test_global_array_on_an_8_device_mesh():
     """Two simulated processes' shares concatenate to the batch that becomes one jax.Array."""
     script = textwrap.dedent("""
         import json, numpy as np, jax
-        from igc_jax import configs, data, sharding
+        from igc_jax import configs, data
+        from igc_jax.training import sharding
         c = configs.base_config()
         c.dataset.update(name="digits", image_size=8, normalization="digits", augment="none")
         c.batch_size = 32

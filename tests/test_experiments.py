@@ -3,7 +3,6 @@ training setup of spec §4; bad config-string arguments fail with one line befor
 """
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from igc_jax import configs, models
+from igc_jax.training.validate import validate
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 CIFAR_FILES = ("cifar10_igc.py", "cifar100_igc.py", "svhn_igc.py")
@@ -22,11 +22,7 @@ IMAGENET_FILES = ("imagenet_resnet18_c64.py", "imagenet_resnet18_c69.py", "image
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"experiment_{Path(name).stem}",
-                                                  EXPERIMENTS / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return configs.load_config_module(EXPERIMENTS / name)
 
 
 def config_cases():
@@ -51,7 +47,7 @@ def test_the_papers_networks_all_have_a_config():
 @pytest.mark.parametrize("name, arg", list(config_cases()))
 def test_config_loads_validates_and_builds(name, arg):
     config = load(name).get_config(arg)
-    configs.validate(config)
+    validate(config)
     model = models.build_model(config.model, num_classes=config.dataset.num_classes,
                                dtype=config.dtype, conv_mode=config.conv_mode)
     size = config.dataset.image_size
@@ -93,7 +89,7 @@ def test_training_setup_is_the_official_one(name):
 ])
 def test_bad_arguments_fail_with_one_line(name, arg, message):
     with pytest.raises(ValueError, match=re.escape(message)) as err:
-        configs.validate(load(name).get_config(arg))
+        validate(load(name).get_config(arg))
     assert "\n" not in str(err.value)
 
 
@@ -106,7 +102,7 @@ def test_invalid_overrides_fail_validation_with_one_line(override, message):
     config = load("imagenet_l16m16.py").get_config()
     config.model.update(override)
     with pytest.raises(ValueError, match=re.escape(message)) as err:
-        configs.validate(config)
+        validate(config)
     assert "\n" not in str(err.value)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from igc_jax import kernels
+from igc_jax.igc import kernels
 
 settings.register_profile("igc-kernels", max_examples=25, deadline=None)
 settings.load_profile("igc-kernels")

@@ -1,10 +1,5 @@
-"""IGCConv against naive references (spec §1): every mode of igc_jax.ops, outputs and gradients.
-
-The reference builds the dense kernel with explicit loops over
-    W[o, i, s] = W^d_{m'}[l', l] · W^p_l[m', m, s],   o = l'·M + m', i = l·M_in + m,
-reading W^p_l[m', m, s] = primary[s, m, l·M + m'] and
-W^d_{m'}[l', l] = secondary[0, 0, l, m'·L + l'] (Flax grouped layout: group g owns the g-th contiguous block of input and output channels), then
-convolves in float64. The references use nothing from igc_jax.kernels or igc_jax.ops.
+"""IGCConv against the float64 references of tests/references.py (spec §1): every mode, the
+experimental `fused` included (Pallas interpret mode on CPU), outputs and all three gradients.
 """
 from __future__ import annotations
 
@@ -20,87 +15,14 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from jax import lax
 
-from igc_jax import kernels, layers, native, ops
-from igc_jax.layers import IGCConv, same_padding
+from igc_jax.igc import kernels, layers, native, select
+from igc_jax.igc.layers import IGCConv, same_padding
 
 # `native` needs a C++ compiler; where none is found its own tests say so (tests/test_native.py).
-MODES = [m for m in ops.MODES if m != "native" or native.available()]
-_DN = ("NHWC", "HWIO", "NHWC")
+MODES = [m for m in layers.ALL_MODES if m != "native" or native.available()]
 
 
-# ----------------------------------------------------------------------------- references
-
-@functools.cache
-def formula_indices(kh: int, kw: int, L: int, M_in: int, M: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flat indices into (primary, secondary) of the two factors of every dense-kernel entry."""
-    C = L * M
-    p_shape, s_shape = (kh, kw, M_in, C), (1, 1, L, C)
-    ip = np.zeros((kh, kw, L * M_in, C), dtype=np.int64)
-    i_d = np.zeros_like(ip)
-    for lp in range(L):
-        for mp in range(M):
-            for l in range(L):
-                for m in range(M_in):
-                    for h in range(kh):
-                        for w in range(kw):
-                            o, i = lp * M + mp, l * M_in + m
-                            ip[h, w, i, o] = np.ravel_multi_index((h, w, m, l * M + mp), p_shape)
-                            i_d[h, w, i, o] = np.ravel_multi_index((0, 0, l, mp * L + lp), s_shape)
-    return ip, i_d
-
-
-def formula_kernel(primary, secondary, L: int, M: int):
-    """Dense HWIO kernel of the layer from the formula; numpy in, numpy out; jax in, jax out."""
-    kh, kw, M_in, _ = primary.shape
-    ip, i_d = formula_indices(kh, kw, L, M_in, M)
-    return primary.reshape(-1)[ip] * secondary.reshape(-1)[i_d]
-
-
-def naive_conv(x: np.ndarray, W: np.ndarray, strides, padding) -> np.ndarray:
-    """Convolution by loops over output pixels and taps, numpy float64."""
-    (pt, pb), (pl, pr) = padding
-    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    kh, kw = W.shape[:2]
-    sh, sw = strides
-    Ho, Wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
-    y = np.zeros((x.shape[0], Ho, Wo, W.shape[-1]))
-    for i in range(Ho):
-        for j in range(Wo):
-            for a in range(kh):
-                for b in range(kw):
-                    y[:, i, j] += xp[:, i * sh + a, j * sw + b] @ W[a, b]
-    return y
-
-
-def dense_conv(x, W, strides, padding):
-    return lax.conv_general_dilated(x, W, tuple(strides), tuple(padding), dimension_numbers=_DN,
-                                    precision=lax.Precision.HIGHEST)
-
-
-def reference(x, primary, secondary, *, L, M, strides, padding):
-    """The layer as one dense convolution with the formula's kernel (differentiable, float64)."""
-    return dense_conv(x, formula_kernel(primary, secondary, L, M), strides, padding)
-
-
-def literal_reference(x, primary, secondary, *, L, M, strides, padding):
-    """The layer step by step as spec §1 lists it: per-group convolutions on channel slices and
-    shuffles by the index rule (output j·B + g takes input g·(C/B) + j). Also covers M ≠ C/L."""
-    def grouped(y, k, groups, strides, padding):
-        cin, cout = y.shape[-1] // groups, k.shape[-1] // groups
-        return jnp.concatenate(
-            [dense_conv(y[..., g * cin:(g + 1) * cin], k[..., g * cout:(g + 1) * cout], strides,
-                        padding) for g in range(groups)], axis=-1)
-
-    def shuffle(y, B):
-        C = y.shape[-1]
-        src = np.zeros(C, dtype=np.int64)
-        for g in range(B):
-            for j in range(C // B):
-                src[j * B + g] = g * (C // B) + j
-        return y[..., src]
-
-    y = shuffle(grouped(x, primary, L, strides, padding), L)
-    return shuffle(grouped(y, secondary, M, (1, 1), ((0, 0), (0, 0))), M)
+from references import dense_conv, formula_kernel, literal_reference, naive_conv, reference  # noqa: E402,F401
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -150,11 +72,12 @@ def reference_case(ref, *, L, M_in, M, k, stride, H, W, layer_M=None, seed=0):
     return (x, p, s, cot), y_ref, g_ref, layer(features, L, layer_M, k, stride)
 
 
-def check_mode_against(ref, *, mode, dtype=np.float64, rtol=1e-10, **case):
+def check_mode_against(ref, *, mode, dtype=np.float64, rtol=1e-10, context=None, **case):
     """Outputs and gradients (input, primary, secondary) of IGCConv(mode) equal `ref`'s."""
     args, y_ref, g_ref, module = reference_case(ref, **case)
     with jax.enable_x64(True):
-        y, g = value_and_grads(apply_fn(module.clone(mode=mode)), *(a.astype(dtype) for a in args))
+        y, g = value_and_grads(apply_fn(module.clone(mode=mode, context=context)),
+                               *(a.astype(dtype) for a in args))
     assert y.dtype == dtype and y.shape == y_ref.shape
     assert_close(y, y_ref, rtol)
     for name, a, b in zip(("input", "primary", "secondary"), g, g_ref):
@@ -215,16 +138,17 @@ def test_random_layers_every_mode(L, M, widen, k, stride, H, W, seed):
                            H=H, W=W, mode=mode, seed=seed)
 
 
-def test_auto_resolves_to_a_tested_mode():
-    """`auto` is one of the modes checked above, and IGCConv(mode='auto') computes exactly it."""
-    assert {ops.select_mode(), ops.select_mode("cpu"), ops.select_mode("gpu")} <= set(ops.MODES)
-    L, M_in, M, k, stride, H, W = CASES[2]
-    args, _, _, module = reference_case(reference, L=L, M_in=M_in, M=M, k=k, stride=stride, H=H,
-                                        W=W)
-    with jax.enable_x64(True):
-        y_auto = apply_fn(module.clone(mode="auto"))(*args[:3])
-        y_mode = apply_fn(module.clone(mode=ops.select_mode()))(*args[:3])
-    np.testing.assert_array_equal(y_auto, y_mode)
+CONTEXTS = [select.ModeContext("cpu", native=False), select.ModeContext("gpu"),
+            select.ModeContext("tpu")] + (
+    [select.ModeContext("cpu", native=True)] if native.available() else [])
+
+
+@pytest.mark.parametrize("context", CONTEXTS, ids=lambda c: f"{c.backend}-native{c.native}")
+@pytest.mark.parametrize("L, M_in, M, k, stride, H, W", CASES[:3])
+def test_auto_in_every_context_equals_formula(L, M_in, M, k, stride, H, W, context):
+    """`auto` as each context resolves it (computed on this CPU) against the float64 reference."""
+    check_mode_against(reference, L=L, M_in=M_in, M=M, k=k, stride=stride, H=H, W=W,
+                       mode="auto", context=context)
 
 
 # ----------------------------------------------------------------------------- parameter count
@@ -283,7 +207,8 @@ def test_sum_fusion_is_grouped_conv_then_branch_sum(mode):
     with jax.enable_x64(True):
         y = module.apply({"params": {"primary": p}}, x)
         branches = lax.conv_general_dilated(x, p, (1, 1), same_padding((k, k)),
-                                            dimension_numbers=_DN, feature_group_count=L)
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            feature_group_count=L)
     summed = np.asarray(branches).reshape(2, 5, 5, L, M).sum(axis=3)
     np.testing.assert_allclose(y, np.tile(summed, (1, 1, 1, L)), rtol=1e-10)
 

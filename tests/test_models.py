@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from igc_jax import layers, models, ops
+from igc_jax import models
+from igc_jax.igc import layers, modes
 from igc_jax.models import blocks
 
 OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_models"
@@ -359,7 +360,7 @@ def test_imagenet_forward_on_a_small_input(network):
     assert np.isfinite(logits).all() and not np.allclose(logits[0], logits[1])
     stem = state["intermediates"]["stem_conv"]["__call__"][0]
     kernel = variables["params"]["stem_conv"]["kernel"]
-    symmetric = ops.conv(x, kernel, (2, 2), ((3, 3), (3, 3)))
+    symmetric = modes.conv(x, kernel, (2, 2), ((3, 3), (3, 3)))
     np.testing.assert_allclose(stem, symmetric, rtol=1e-5, atol=1e-5)
     same = lax.conv_general_dilated(x, kernel, (2, 2), "SAME",
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from igc_jax import kernels, native, ops
+from igc_jax.igc import kernels, layers, modes, native
 
 pytestmark = pytest.mark.skipif(not native.available(),
                                 reason=f"native kernel unavailable: {native.build_error()}")
@@ -54,7 +54,7 @@ def test_secondary_equals_mixing_matrix(L, M, x64):
 
 def _layer_grads(x, p, s, L, M, stride=1):
     def loss(x, p, s):
-        y = ops.igc_apply(x, p, s, L=L, M=M, strides=(stride, stride), padding=((1, 1), (1, 1)),
+        y = layers.igc_apply(x, p, s, L=L, M=M, strides=(stride, stride), padding=((1, 1), (1, 1)),
                           mode="native")
         return jnp.sum(jnp.sin(y))
     return jax.jit(jax.grad(loss, (0, 1, 2)))(x, p, s)
@@ -77,7 +77,7 @@ def test_bfloat16_is_computed_in_float32():
     x = jax.random.normal(k[0], (2, 6, 6, 8)).astype(jnp.bfloat16)
     p = jax.random.normal(k[1], (3, 3, 2, 8)).astype(jnp.bfloat16)
     y = native.primary_conv(x, p, 4, (1, 1), ((1, 1), (1, 1)))
-    ref = ops.conv(x.astype(jnp.float32), p.astype(jnp.float32), padding=((1, 1), (1, 1)), groups=4)
+    ref = modes.conv(x.astype(jnp.float32), p.astype(jnp.float32), padding=((1, 1), (1, 1)), groups=4)
     assert y.dtype == jnp.bfloat16
     np.testing.assert_allclose(y.astype(jnp.float32), ref.astype(jnp.bfloat16).astype(jnp.float32),
                                rtol=1e-2, atol=1e-2)
@@ -115,13 +115,13 @@ def test_primary_conv_paths_equal_grouped_conv(cin_g, cout_g, L, stride, x64):
         x = jax.random.normal(k[0], (2, 7, 6, cin_g * L), dt)
         w = jax.random.normal(k[1], (3, 3, cin_g, cout_g * L), dt)
         pad = ((1, 1), (1, 1))
-        ref = ops.conv(x, w, (stride, stride), pad, groups=L)
+        ref = modes.conv(x, w, (stride, stride), pad, groups=L)
         ct = jax.random.normal(k[2], ref.shape, dt)
 
         def loss(f):
             return lambda x, w: jnp.sum(f(x, w) * ct)
         got_f = lambda x, w: native.primary_conv(x, w, L, (stride, stride), pad)  # noqa: E731
-        ref_f = lambda x, w: ops.conv(x, w, (stride, stride), pad, groups=L)  # noqa: E731
+        ref_f = lambda x, w: modes.conv(x, w, (stride, stride), pad, groups=L)  # noqa: E731
         tol = 1e-12 if x64 else 1e-5
         np.testing.assert_allclose(got_f(x, w), ref, rtol=tol, atol=tol)
         for g, r in zip(jax.grad(loss(got_f), (0, 1))(x, w), jax.grad(loss(ref_f), (0, 1))(x, w)):

@@ -1,6 +1,7 @@
-"""The fused Pallas IGC kernel (igc_jax/pallas_igc.py) in interpret mode on CPU: outputs and
-gradients equal mode `composed`, for both tilings, and the kernel passes Pallas's Triton lowering
-at the benchmark's full-size shapes (what a machine without a GPU can check)."""
+"""The experimental fused Pallas IGC kernel (igc_jax/igc/fused.py) in interpret mode on CPU: its
+outputs and gradients equal the float64 formula reference (tests/references.py) for both tilings
+and every tile shape, and the kernel passes Pallas's Triton lowering at the benchmark's full-size
+shapes (what a machine without a GPU can check)."""
 from __future__ import annotations
 
 import functools
@@ -10,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from igc_jax import ops, pallas_igc
-from igc_jax.layers import IGCConv
-from igc_jax.pallas_igc import Blocks
+from igc_jax.igc import fused, layers, modes, select
+from igc_jax.igc.fused import Blocks
+from igc_jax.igc.layers import IGCConv
+from references import literal_reference
 
 
 def _case(seed, N, H, W, c_in, C, L, M, k=3, dtype=jnp.float32):
@@ -50,16 +52,18 @@ CASES = [
 
 
 @pytest.mark.parametrize("N, H, W, c_in, C, L, M, stride, blocks", CASES)
-def test_fused_equals_composed(N, H, W, c_in, C, L, M, stride, blocks):
-    """Output and the gradients w.r.t. input, primary and secondary, float32."""
+def test_fused_equals_formula(N, H, W, c_in, C, L, M, stride, blocks):
+    """Output and the gradients w.r.t. input, primary and secondary (float32) against the float64
+    step-by-step reference (tests/references.py), which shares no code with igc_jax."""
     x, primary, secondary = _case(0, N, H, W, c_in, C, L, M)
     args = dict(L=L, M=M, strides=(stride, stride), padding=((1, 1), (1, 1)))
-    fused = functools.partial(pallas_igc.igc_fused, blocks=blocks, **args)
-    composed = functools.partial(ops.igc_composed, **args)
-    out_shape = jax.eval_shape(composed, x, primary, secondary).shape
+    f = functools.partial(fused.igc_fused, blocks=blocks, **args)
+    out_shape = jax.eval_shape(f, x, primary, secondary).shape
     cot = jax.random.normal(jax.random.key(1), out_shape)
-    y, grads = _value_and_grads(fused, x, primary, secondary, cot)
-    y_ref, grads_ref = _value_and_grads(composed, x, primary, secondary, cot)
+    y, grads = _value_and_grads(f, x, primary, secondary, cot)
+    with jax.enable_x64(True):
+        f64 = [np.asarray(a, np.float64) for a in (x, primary, secondary, cot)]
+        y_ref, grads_ref = _value_and_grads(functools.partial(literal_reference, **args), *f64)
     _assert_close(y, y_ref, 1e-5)
     for g, g_ref in zip(grads, grads_ref):
         _assert_close(g, g_ref, 1e-5)
@@ -70,10 +74,10 @@ def test_bfloat16(L, M, tiling):
     """bfloat16 in and out, fp32 accumulation: within bfloat16 rounding of the float32 result."""
     x, primary, secondary = _case(2, 1, 5, 5, L * M, L * M, L, M)
     x16, p16, s16 = (a.astype(jnp.bfloat16) for a in (x, primary, secondary))
-    y = pallas_igc.igc_fused(x16, p16, s16, L=L, M=M)
+    y = fused.igc_fused(x16, p16, s16, L=L, M=M)
     assert y.dtype == jnp.bfloat16
-    assert pallas_igc.default_blocks(L, M, L * M, L * M).tiling == tiling
-    y_ref = ops.igc_composed(*(a.astype(jnp.float32) for a in (x16, p16, s16)), L=L, M=M)
+    assert fused.default_blocks(L, M, L * M, L * M).tiling == tiling
+    y_ref = modes.igc_composed(*(a.astype(jnp.float32) for a in (x16, p16, s16)), L=L, M=M)
     _assert_close(y, y_ref, 2e-2)
 
 
@@ -88,8 +92,10 @@ def test_igcconv_fused_mode_equals_composed():
 
 def test_auto_does_not_pick_fused():
     """No GPU measurement shows the kernel faster yet, so `auto` must not select it anywhere."""
-    assert "fused" in ops.MODES
-    assert all(ops.select_mode(b) != "fused" for b in ("cpu", "gpu", "tpu"))
+    assert "fused" not in modes.MODES and "fused" in layers.ALL_MODES
+    shape = select.LayerShape(L=24, M=2, C_in=48, C=48)
+    assert all(select.select_mode(shape, select.ModeContext(b)) != "fused"
+               for b in ("cpu", "gpu", "tpu"))
 
 
 # Full-size layer shapes of the GPU benchmark: CIFAR IGC-L24M2 (batch 256, float32) and ImageNet
@@ -108,7 +114,7 @@ def test_lowers_to_triton_at_full_size(x_shape, C, L, M, stride, dtype, tiling):
     """The compiled (non-interpret) kernel passes Pallas's Triton lowering: one Triton call."""
     S = jax.ShapeDtypeStruct
     c_in = x_shape[-1]
-    text = pallas_igc.lower_for_gpu(S(x_shape, dtype), S((3, 3, c_in // L, C), dtype),
+    text = fused.lower_for_gpu(S(x_shape, dtype), S((3, 3, c_in // L, C), dtype),
                                     S((1, 1, C // M, C), dtype), L=L, M=M, strides=(stride, stride))
     assert text.count("__gpu$xla.gpu.triton") == 1 and f"igc_fused_{tiling}" in text
 
@@ -116,12 +122,12 @@ def test_lowers_to_triton_at_full_size(x_shape, C, L, M, stride, dtype, tiling):
 @pytest.mark.parametrize("make, match", [
     (lambda: Blocks("fma", pixels=24), "pixels=24 is not a power of two"),
     (lambda: Blocks("mma"), "tiling 'mma'"),
-    (lambda: pallas_igc.resolve_blocks((1, 4, 4, 8), (3, 3, 2, 16), (1, 1, 8, 16), 4, 2,
+    (lambda: fused.resolve_blocks((1, 4, 4, 8), (3, 3, 2, 16), (1, 1, 8, 16), 4, 2,
                                        Blocks("dot")), "needs C/M == L"),
-    (lambda: pallas_igc.resolve_blocks((1, 4, 4, 8), (3, 3, 2, 8), (1, 1, 4, 8), 4, 4, None),
-     "secondary kernel has shape"),
+    (lambda: fused.resolve_blocks((1, 4, 4, 8), (3, 3, 2, 8), (1, 1, 4, 8), 4, 4, None),
+     r"secondary kernel \(1, 1, 4, 8\) does not fit"),
     pytest.param(
-        lambda: pallas_igc.igc_fused(*_case(0, 1, 3, 3, 4, 4, 2, 2), L=2, M=2, interpret=False),
+        lambda: fused.igc_fused(*_case(0, 1, 3, 3, 4, 4, 2, 2), L=2, M=2, interpret=False),
         "GPU \\(Triton\\) only",
         marks=pytest.mark.skipif(jax.default_backend() == "gpu", reason="compiles there")),
 ])

@@ -17,7 +17,8 @@ import jax
 import numpy as np
 import pytest
 
-from igc_jax import data, train
+from igc_jax import data
+from igc_jax.training import loop as train
 from run_utils import (ROOT, TINY, env_with_devices, final_params, main_cmd, run_main, status,
                        tiny_config, train_losses)
 

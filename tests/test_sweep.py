@@ -12,7 +12,9 @@ from pathlib import Path
 import jax
 import pytest
 
-from igc_jax import configs, kernels, models, summary, sweep
+from igc_jax import configs, models, summary, sweep
+from igc_jax.training.validate import validate
+from igc_jax.igc import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((ROOT / "experiments").glob("*sweep*.py"))
@@ -31,7 +33,7 @@ def test_every_point_builds_and_validates(path):
     assert len({n for n, _ in points}) == len(points)
     for name, _ in points:
         config = module.get_config(name)
-        configs.validate(config)
+        validate(config)
         model = models.build_model(config.model, num_classes=config.dataset.num_classes,
                                    conv_mode="grouped")
         side = config.dataset.image_size

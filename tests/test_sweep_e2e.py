@@ -34,7 +34,7 @@ def get_sweep():
 
 
 def get_config(arg=None):
-    base = sweep.load_config_file(QUICKSTART).get_config()
+    base = configs.load_config_module(QUICKSTART).get_config()
     base.model.depth = 5
     return sweep.point_config(base, get_sweep(), arg)
 '''

@@ -12,21 +12,22 @@ import jax
 import numpy as np
 import pytest
 
-from igc_jax import train
+from igc_jax.training import loop as train
+from igc_jax.training import steps
 from run_utils import (TINY, env_with_devices, final_params, free_port, main_cmd, run_main,
                        status, tiny_config, train_losses, ROOT)
 
 
 def test_cifar_schedule_decays_at_half_three_quarters_seven_eighths():
     c = tiny_config(learning_rate=0.1, lr_schedule="cifar")
-    s = train.learning_rate_schedule(c, steps_per_epoch=10, num_steps=800)
+    s = steps.learning_rate_schedule(c, steps_per_epoch=10, num_steps=800)
     got = [float(s(t)) for t in (0, 399, 400, 599, 600, 699, 700, 799)]
     np.testing.assert_allclose(got, [0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4], rtol=1e-6)
 
 
 def test_imagenet_schedule_every_30_epochs_with_warmup():
     c = tiny_config(learning_rate=0.1, lr_schedule="imagenet", warmup_epochs=1.0)
-    s = train.learning_rate_schedule(c, steps_per_epoch=100, num_steps=100 * 95)
+    s = steps.learning_rate_schedule(c, steps_per_epoch=100, num_steps=100 * 95)
     got = [float(s(t)) for t in (0, 50, 100, 2999, 3000, 6000, 9000)]
     np.testing.assert_allclose(got, [0.0, 0.05, 0.1, 0.1, 0.01, 1e-3, 1e-4], rtol=1e-5)
 
@@ -34,7 +35,7 @@ def test_imagenet_schedule_every_30_epochs_with_warmup():
 def test_weight_decay_is_added_to_every_gradient():
     import jax.numpy as jnp
     c = tiny_config(weight_decay=0.5, momentum=0.0, nesterov=False, learning_rate=1.0)
-    tx = train.make_optimizer(c, lambda step: 1.0)
+    tx = steps.make_optimizer(c, lambda step: 1.0)
     params = {"w": jnp.array([2.0]), "bn_scale": jnp.array([4.0])}
     zeros = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zeros, tx.init(params), params)

@@ -22,7 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from igc_jax import convert_mxnet, models, mxnet_format
+from igc_jax import models
+from igc_jax.mxnet import convert as convert_mxnet
+from igc_jax.mxnet import format as mxnet_format
 
 
 def compare(directory: Path, name: str, modes: list[str]) -> dict:

@@ -6,12 +6,28 @@ They must be called from inside a `@nn.compact` method (the submodules attach to
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from igc_jax.layers import BatchNorm, IGCConv, PointwiseConv, he_normal, same_padding
+from igc_jax.igc.layers import BatchNorm, IGCConv, PointwiseConv, he_normal, same_padding
+from igc_jax.igc.select import ModeContext
+
+
+@dataclasses.dataclass(frozen=True)
+class Compute:
+    """How a network computes, not what: the same parameters and function under every choice.
+
+    conv_mode: every IGC layer's computation mode (`auto`: chosen per layer from `context`).
+    context: what `auto` may use (backend, native kernels); None: this process's.
+    bn_axis: the mesh axis BatchNorm averages its batch statistics over when the step runs per
+      device (`shard_map`): the global batch's statistics. None: this device's batch only.
+    """
+    conv_mode: str = "auto"
+    context: ModeContext | None = None
+    bn_axis: str | None = None
 
 # BatchNorm epsilon of every official network (spec §2).
 BN_EPSILON = 2e-5
@@ -37,33 +53,35 @@ def conv(x, features: int, kernel: int, strides: int, *, name: str, groups: int 
                      use_bias=False, kernel_init=he_normal, dtype=dtype, name=name)(x)
 
 
-def igc(x, features: int, strides: int, *, L: int, M: int, sum_fusion: bool, conv_mode: str,
+def igc(x, features: int, strides: int, *, L: int, M: int, sum_fusion: bool, compute: Compute,
         name: str, dtype: Any = jnp.float32):
     """One 3×3 IGC layer: primary (L groups) → shuffle → secondary (M groups) → shuffle, no bias."""
     return IGCConv(features, L, M, strides=(strides, strides), sum_fusion=sum_fusion,
-                   mode=conv_mode, dtype=dtype, name=name)(x)
+                   mode=compute.conv_mode, context=compute.context, dtype=dtype, name=name)(x)
 
 
-def batch_norm(x, *, momentum: float, train: bool, name: str, dtype: Any = jnp.float32):
+def batch_norm(x, *, momentum: float, train: bool, name: str, compute: Compute,
+               dtype: Any = jnp.float32):
     """MXNet BatchNorm(fix_gamma=False, eps=2e-5); statistics are reduced in float32."""
     return BatchNorm(use_running_average=not train, momentum=momentum, epsilon=BN_EPSILON,
-                     dtype=dtype, name=name)(x)
+                     axis_name=compute.bn_axis, dtype=dtype, name=name)(x)
 
 
 def residual_unit(x, *, name: str, features: int, strides: int, layer: Layer, proj_groups: int,
-                  momentum: float, train: bool, dtype: Any = jnp.float32):
+                  momentum: float, train: bool, compute: Compute, dtype: Any = jnp.float32):
     """Post-activation basic unit: ReLU(BN(layer2(ReLU(BN(layer1(x))))) + shortcut(x)).
 
     The shortcut is the identity when shapes match, else a 1×1 conv (grouped with `proj_groups`,
     the stage's L in IGC nets) with the unit's stride, then BN.
     """
     y = layer(x, features, strides, 1)
-    y = nn.relu(batch_norm(y, momentum=momentum, train=train, name=f"{name}_bn1", dtype=dtype))
+    bn = dict(momentum=momentum, train=train, compute=compute, dtype=dtype)
+    y = nn.relu(batch_norm(y, name=f"{name}_bn1", **bn))
     y = layer(y, features, 1, 2)
-    y = batch_norm(y, momentum=momentum, train=train, name=f"{name}_bn2", dtype=dtype)
+    y = batch_norm(y, name=f"{name}_bn2", **bn)
     if strides != 1 or x.shape[-1] != features:
         x = conv(x, features, 1, strides, groups=proj_groups, name=f"{name}_proj", dtype=dtype)
-        x = batch_norm(x, momentum=momentum, train=train, name=f"{name}_proj_bn", dtype=dtype)
+        x = batch_norm(x, name=f"{name}_proj_bn", **bn)
     return nn.relu(x + y)
 
 
@@ -72,3 +90,15 @@ def classifier(x, num_classes: int):
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return nn.Dense(num_classes, kernel_init=classifier_init, dtype=jnp.float32,
                     name="classifier")(x)
+
+
+def is_positive_int(value: Any) -> bool:
+    """The one rule for the networks' integer fields (depth, widths, L, M): an int ≥ 1, not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_positive_ints(**values: Any) -> None:
+    """ValueError naming the first field that breaks `is_positive_int`."""
+    for key, value in values.items():
+        if not is_positive_int(value):
+            raise ValueError(f"model.{key} must be a positive integer, got {value!r}")

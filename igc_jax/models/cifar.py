@@ -52,7 +52,7 @@ class CifarNet(nn.Module):
     downsample_quirk: bool = True
     sum_fusion: bool = False
     dtype: Any = jnp.float32
-    conv_mode: str = "auto"
+    compute: blocks.Compute = blocks.Compute()
 
     def _layer(self, x, features: int, strides: int, prefix: str, index: str,
                secondary_groups: int):
@@ -61,7 +61,7 @@ class CifarNet(nn.Module):
             return blocks.conv(x, features, 3, strides, name=f"{prefix}_conv{index}",
                                dtype=self.dtype)
         return blocks.igc(x, features, strides, L=self.L, M=secondary_groups,
-                          sum_fusion=self.sum_fusion, conv_mode=self.conv_mode,
+                          sum_fusion=self.sum_fusion, compute=self.compute,
                           name=f"{prefix}_igc{index}", dtype=self.dtype)
 
     @nn.compact
@@ -69,8 +69,8 @@ class CifarNet(nn.Module):
         B = blocks_per_stage(self.depth, self.residual)
         momentum = RESIDUAL_BN_MOMENTUM if self.residual else PLAIN_BN_MOMENTUM
         x = blocks.conv(x.astype(self.dtype), self.width, 3, 1, name="stem_conv", dtype=self.dtype)
-        x = nn.relu(blocks.batch_norm(x, momentum=momentum, train=train, name="stem_bn",
-                                      dtype=self.dtype))
+        bn = dict(momentum=momentum, train=train, compute=self.compute, dtype=self.dtype)
+        x = nn.relu(blocks.batch_norm(x, name="stem_bn", **bn))
         L = self.L or 1
         for s in range(1, NUM_STAGES + 1):
             features = self.width * 2 ** (s - 1)
@@ -81,8 +81,7 @@ class CifarNet(nn.Module):
                 else:
                     name = f"stage{s}_layer{b}"
                     x = self._layer(x, features, strides, name, "", features // L)
-                    x = nn.relu(blocks.batch_norm(x, momentum=momentum, train=train,
-                                                  name=f"{name}_bn", dtype=self.dtype))
+                    x = nn.relu(blocks.batch_norm(x, name=f"{name}_bn", **bn))
         return blocks.classifier(x, self.num_classes)
 
     def _unit(self, x, name: str, features: int, strides: int, L: int, momentum: float,
@@ -96,30 +95,24 @@ class CifarNet(nn.Module):
 
         return blocks.residual_unit(x, name=name, features=features, strides=strides,
                                     layer=layer, proj_groups=L, momentum=momentum, train=train,
-                                    dtype=self.dtype)
+                                    compute=self.compute, dtype=self.dtype)
 
 
 def regconv(*, depth: int, width: int, residual: bool = False, num_classes: int,
-            dtype: Any = jnp.float32, conv_mode: str = "auto") -> CifarNet:
-    """`RegConv-W{width}` (+Ident. when `residual`). `conv_mode` is accepted and unused (no IGC)."""
-    _check_positive(depth=depth, width=width)
+            dtype: Any = jnp.float32, compute: blocks.Compute = blocks.Compute()) -> CifarNet:
+    """`RegConv-W{width}` (+Ident. when `residual`)."""
+    blocks.check_positive_ints(depth=depth, width=width)
     blocks_per_stage(depth, residual)
     return CifarNet(depth=depth, width=width, num_classes=num_classes, residual=residual,
-                    dtype=dtype, conv_mode=conv_mode)
+                    dtype=dtype, compute=compute)
 
 
 def igc(*, depth: int, L: int, M: int, residual: bool = False, downsample_quirk: bool = True,
         sum_fusion: bool = False, num_classes: int, dtype: Any = jnp.float32,
-        conv_mode: str = "auto") -> CifarNet:
+        compute: blocks.Compute = blocks.Compute()) -> CifarNet:
     """`IGC-L{L}M{M}` (+Ident. when `residual`; SumFusion when `sum_fusion`): width C = L·M."""
-    _check_positive(depth=depth, L=L, M=M)
+    blocks.check_positive_ints(depth=depth, L=L, M=M)
     blocks_per_stage(depth, residual)
     return CifarNet(depth=depth, width=L * M, num_classes=num_classes, L=L, residual=residual,
                     downsample_quirk=downsample_quirk, sum_fusion=sum_fusion, dtype=dtype,
-                    conv_mode=conv_mode)
-
-
-def _check_positive(**values: int) -> None:
-    for key, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"model.{key} must be a positive integer, got {value!r}")
+                    compute=compute)

@@ -28,14 +28,14 @@ class ResNet18(nn.Module):
     num_classes: int
     L: Sequence[int] | None = None
     dtype: Any = jnp.float32
-    conv_mode: str = "auto"
+    compute: blocks.Compute = blocks.Compute()
 
     @nn.compact
     def __call__(self, x, train: bool):
         x = blocks.conv(x.astype(self.dtype), self.stem_width, 7, 2, name="stem_conv",
                         dtype=self.dtype)
         x = nn.relu(blocks.batch_norm(x, momentum=BN_MOMENTUM, train=train, name="stem_bn",
-                                      dtype=self.dtype))
+                                      compute=self.compute, dtype=self.dtype))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for s, features in enumerate(self.widths, start=1):
             L = None if self.L is None else self.L[s - 1]
@@ -45,7 +45,7 @@ class ResNet18(nn.Module):
                 x = blocks.residual_unit(
                     x, name=name, features=features, strides=strides,
                     layer=self._layer_fn(name, L), proj_groups=L or 1, momentum=BN_MOMENTUM,
-                    train=train, dtype=self.dtype)
+                    train=train, compute=self.compute, dtype=self.dtype)
         return blocks.classifier(x, self.num_classes)
 
     def _layer_fn(self, name: str, L: int | None):
@@ -54,24 +54,24 @@ class ResNet18(nn.Module):
                 return blocks.conv(y, features, 3, strides, name=f"{name}_conv{k}",
                                    dtype=self.dtype)
             return blocks.igc(y, features, strides, L=L, M=features // L, sum_fusion=False,
-                              conv_mode=self.conv_mode, name=f"{name}_igc{k}", dtype=self.dtype)
+                              compute=self.compute, name=f"{name}_igc{k}", dtype=self.dtype)
         return layer
 
 
 def resnet18(*, stem_width: int, widths: Sequence[int], num_classes: int,
-             dtype: Any = jnp.float32, conv_mode: str = "auto") -> ResNet18:
-    """ResNet-18 (C = 64 or 69 in the paper). `conv_mode` is accepted and unused (no IGC layer)."""
+             dtype: Any = jnp.float32, compute: blocks.Compute = blocks.Compute()) -> ResNet18:
+    """ResNet-18 (C = 64 or 69 in the paper)."""
     widths = _check_widths(stem_width, widths)
     return ResNet18(stem_width=stem_width, widths=widths, num_classes=num_classes, dtype=dtype,
-                    conv_mode=conv_mode)
+                    compute=compute)
 
 
 def igc_resnet18(*, stem_width: int, widths: Sequence[int], L: Sequence[int], num_classes: int,
-                 dtype: Any = jnp.float32, conv_mode: str = "auto") -> ResNet18:
+                 dtype: Any = jnp.float32, compute: blocks.Compute = blocks.Compute()) -> ResNet18:
     """IGC-LxMy+Ident. on the ResNet-18 layout: stage s has L[s] primary groups, M = width/L[s]."""
     widths = _check_widths(stem_width, widths)
-    if not isinstance(L, (tuple, list)) or len(L) != NUM_STAGES or any(
-            not _is_positive_int(v) for v in L):
+    if not isinstance(L, (tuple, list)) or len(L) != NUM_STAGES or not all(
+            map(blocks.is_positive_int, L)):
         raise ValueError(f"model.L must be {NUM_STAGES} positive integers (one per stage), got {L}")
     c_in = stem_width
     for s, (width, groups) in enumerate(zip(widths, L), start=1):
@@ -81,17 +81,12 @@ def igc_resnet18(*, stem_width: int, widths: Sequence[int], L: Sequence[int], nu
                                  f"L={groups}")
         c_in = width
     return ResNet18(stem_width=stem_width, widths=widths, num_classes=num_classes, L=tuple(L),
-                    dtype=dtype, conv_mode=conv_mode)
-
-
-def _is_positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+                    dtype=dtype, compute=compute)
 
 
 def _check_widths(stem_width: int, widths: Sequence[int]) -> tuple[int, ...]:
-    if not _is_positive_int(stem_width):
-        raise ValueError(f"model.stem_width must be a positive integer, got {stem_width!r}")
-    if not isinstance(widths, (tuple, list)) or len(widths) != NUM_STAGES or any(
-            not _is_positive_int(w) for w in widths):
+    blocks.check_positive_ints(stem_width=stem_width)
+    if not isinstance(widths, (tuple, list)) or len(widths) != NUM_STAGES or not all(
+            map(blocks.is_positive_int, widths)):
         raise ValueError(f"model.widths must be {NUM_STAGES} positive integers, got {widths!r}")
     return tuple(widths)

@@ -1,4 +1,7 @@
-"""The config schema shared by every experiment, and its validation (before anything compiles).
+"""The config schema shared by every experiment and the spec §4 recipes; pure Python (no JAX).
+
+Validation needs the model and data code, so it happens where a run starts
+(`igc_jax.training.validate`), still before anything compiles.
 
 An experiment file in `experiments/` calls `base_config()` and sets what differs. Fields:
 
@@ -24,10 +27,14 @@ An experiment file in `experiments/` calls `base_config()` and sets what differs
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+from types import ModuleType
+
 import ml_collections
 
-from igc_jax import models
-from igc_jax.data import DATASETS  # the names the input pipeline can read: one list, not two
+from igc_jax.configs import networks
+
 LR_SCHEDULES = ("cifar", "imagenet", "constant")
 DTYPES = ("float32", "bfloat16")
 
@@ -66,22 +73,6 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Raise ValueError with a one-line message on the first problem found."""
-    if config.dataset.name not in DATASETS:
-        raise ValueError(f"unknown dataset {config.dataset.name!r}; choose from {', '.join(DATASETS)}")
-    if config.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
-    if config.dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {config.dtype!r}; choose from {', '.join(DTYPES)}")
-    for key in ("batch_size", "eval_batch_size"):
-        if config[key] <= 0:
-            raise ValueError(f"{key} must be positive, got {config[key]}")
-    if config.num_train_steps <= 0 and config.num_epochs <= 0:
-        raise ValueError("set num_epochs > 0 or num_train_steps > 0")
-    models.validate_model_config(config.model, num_classes=config.dataset.num_classes)
-
-
 # Spec §4, per small-image dataset: (TFDS name, classes, normalisation, augmentation, epochs).
 _SMALL_IMAGE_RECIPES = {
     "cifar10": ("cifar10", 10, "cifar10", "cifar", 400.0),
@@ -97,7 +88,7 @@ def small_image_recipe(dataset: str, network: str) -> ml_collections.ConfigDict:
     """
     name, classes, norm, augment, epochs = _SMALL_IMAGE_RECIPES[dataset]
     c = base_config()
-    c.model = models.cifar_model(network)
+    c.model = networks.cifar_model(network)
     c.dataset.update(name=name, num_classes=classes, image_size=32, normalization=norm,
                      augment=augment)
     c.update(batch_size=64, eval_batch_size=400, num_epochs=epochs, learning_rate=0.1,
@@ -112,7 +103,7 @@ def imagenet_recipe(network: str) -> ml_collections.ConfigDict:
     400 divides the 50,000 validation images and any device count up to 16.
     """
     c = base_config()
-    c.model = models.imagenet_model(network)
+    c.model = networks.imagenet_model(network)
     c.dataset.update(name="imagenet2012", num_classes=1000, image_size=224,
                      normalization="imagenet", augment="imagenet")
     c.update(batch_size=256, eval_batch_size=400, num_epochs=100.0, learning_rate=0.1,
@@ -125,3 +116,23 @@ def no_argument(path: str, arg: str | None) -> None:
     """Experiment files that take no `:arg` refuse one with a one-line error."""
     if arg:
         raise ValueError(f"{path} takes no argument, got {arg!r}")
+
+
+def load_config_module(path: str | os.PathLike) -> ModuleType:
+    """The one loader of config files: import one by path, as ml_collections' config_flags does
+    (sweep files use it to start from a per-network file, tests and benchmarks to read one)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"config file {path!r} not found")
+    spec = importlib.util.spec_from_file_location(f"_igc_config_{abs(hash(path))}", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot load config file {path!r}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_config(spec: str | os.PathLike) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a config file given as `path[:arg]`, the `--config` flag's syntax."""
+    path, _, arg = os.fspath(spec).partition(":")
+    return load_config_module(path).get_config(arg or None)

@@ -7,20 +7,17 @@ symmetric padding (XLA's 'SAME' pads stride-2 layers asymmetrically).
 
 - `grouped`:  two grouped XLA convolutions with the shuffles between (the paper, literally).
 - `composed`: compose the dense kernel W = Pᵀ W^d P W^p, then one dense convolution.
-- `shift`:    primary conv as kh·kw shifted views and one matmul batched over the L groups, the
-              secondary conv as a matmul batched over the M groups (no grouped convolution).
 - `taps`:     primary conv as fused multiply-adds of shifted channel-major planes (hand-written
               VJP), then shuffle·secondary·shuffle as one C×C matmul; for small groups (C_in/L).
 - `split`:    primary conv as L dense convolutions on the groups' channels, then the same matmul;
               for few, wide groups.
 - `native`:   primary conv by a C++ XLA FFI kernel (igc_jax/native, CPU), then the same matmul
               with its weight gradient in C++ too; the fastest on CPU for all but wide groups.
-`auto` picks one per backend and layer shape (see `select_mode`, measurements in
-benchmarks/results/cpu.md).
+Which one a layer uses is decided in `igc_jax.igc.select` (`auto`); the experimental fused
+Pallas kernel is `igc_jax.igc.fused`.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Callable, Sequence
 
@@ -28,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from igc_jax import kernels, native
+from igc_jax.igc import kernels, native
 
 Padding = Sequence[tuple[int, int]]
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -59,29 +56,6 @@ def igc_grouped(x, primary, secondary, *, L, M, strides=(1, 1), padding=((1, 1),
 
 def igc_composed(x, primary, secondary, *, L, M, strides=(1, 1), padding=((1, 1), (1, 1))):
     return conv(x, kernels.compose_kernel(primary, secondary, L, M), strides, padding)
-
-
-def _patches(x, kh: int, kw: int, strides, padding):
-    """The kh·kw shifted (strided) views of x, stacked on a new axis before the channels."""
-    (pt, pb), (pl, pr) = padding
-    sh, sw = strides
-    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    Ho = (xp.shape[1] - kh) // sh + 1
-    Wo = (xp.shape[2] - kw) // sw + 1
-    views = [xp[:, i:i + sh * (Ho - 1) + 1:sh, j:j + sw * (Wo - 1) + 1:sw, :]
-             for i in range(kh) for j in range(kw)]
-    return jnp.stack(views, axis=-2)  # (N, Ho, Wo, S, C_in)
-
-
-def igc_shift(x, primary, secondary, *, L, M, strides=(1, 1), padding=((1, 1), (1, 1))):
-    kh, kw, cin_g, C = primary.shape
-    p = _patches(x, kh, kw, strides, padding)  # (N, Ho, Wo, S, C_in)
-    p = p.reshape(*p.shape[:-1], L, cin_g)
-    w = primary.reshape(kh * kw, cin_g, L, C // L)
-    y = jnp.einsum("nhwslc,sclo->nhwlo", p, w).reshape(*p.shape[:3], C)
-    y = kernels.shuffle(y, L)
-    y = pointwise_grouped(y, secondary, M)
-    return kernels.shuffle(y, M)
 
 
 def _window(xp, i: int, j: int, Ho: int, Wo: int, strides):
@@ -248,7 +222,7 @@ def igc_native(x, primary, secondary, *, L, M, strides=(1, 1), padding=((1, 1), 
     """
     y1 = native.primary_conv(x, primary, L, tuple(strides), tuple(map(tuple, padding)))
     C = secondary.shape[-1]
-    if native_sparse_secondary(LayerShape(L=L, M=M, C_in=x.shape[-1], C=C)):
+    if native_sparse_secondary(L, M, C):
         return native.secondary(y1, kernels.shuffle(secondary[0, 0], M).astype(y1.dtype))
     return native.mix(y1, kernels.mixing_matrix(secondary, L, M).astype(y1.dtype))
 
@@ -256,134 +230,13 @@ def igc_native(x, primary, secondary, *, L, M, strides=(1, 1), padding=((1, 1), 
 MODES: dict[str, Callable] = {
     "grouped": igc_grouped,
     "composed": igc_composed,
-    "shift": igc_shift,
     "taps": igc_taps,
     "split": igc_split,
     "native": igc_native,
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class LayerShape:
-    """What `select_mode` looks at: the layer's groups, widths, kernel and stride."""
-    L: int
-    M: int
-    C_in: int
-    C: int
-    kernel: tuple[int, int] = (3, 3)
-    strides: tuple[int, int] = (1, 1)
-
-
-# CPU cost model of `select_mode`, in multiply-adds per output pixel at the dense conv rate.
-# `native` (the C++ kernels, igc_jax/native) does the primary conv's own S·C_in·C/L multiply-adds
-# as vector FMAs, and the secondary conv's own C·C/M when C/L = M (M in 1, 2, 4, 8), else the
-# dense C² mixing matmul, at about NATIVE_COST each. For small groups (3×3, C/L dividing 8,
-# C_in/L = C/L or C_in/L ≤ 2·C/L) it picks inputs by lane shuffles in registers; otherwise it first
-# gathers every padded input pixel into a C_in/L × C expansion, NATIVE_GATHER_COST per element,
-# which makes it lose to `split` for wide groups (ImageNet L4M32, L16M16).
-# `composed` does C_in·C·S MACs as one dense conv. `taps` is bound by memory passes over its
-# channel-major planes (layout changes, padding, the accumulators of the weight gradient): about
-# TAPS_PASS_COST per input channel (× stride², the input pixels per output pixel) and per output
-# channel, plus TAPS_FMA_COST per fused multiply-add (S·C_in/L per output channel) and C² for the
-# dense secondary matmul. `split` runs L dense convs of C_in/L → C/L channels: XLA's conv is no
-# faster per MAC below ~SPLIT_MIN_WIDTH input channels, and many groups mean many small convs, so
-# only up to SPLIT_MAX_GROUPS groups are considered. Beyond TAPS_MAX_TERMS terms (S·C_in/L) the
-# taps fusions and its gradient accumulator (terms × output size) grow too large.
-# Fitted to fwd+bwd on the 2-core machine (ms, native / taps / composed / split; batch 64 for
-# CIFAR, 8 for ImageNet; the shared machine's load moves single timings by 2×,
-# benchmarks/results/cpu.md has the full table): L24M2 stage 1 14 / 97 / 75 / 152, its 48→96
-# stride-2 layer 17 / 52 / 31 / 54, stage 3 6 / 28 / 39 / 16; L4M8 stage 1 15 / 84 / 28 / 39;
-# ImageNet L4M32 stage 1 306 / – / 107 / 92, L16M16 458 / – / 494 / 159, L100M2 stage 1
-# 29 / 249 / 400 / –, stage 4 32 / 52 / 430 / –.
-NATIVE_COST = 1.2
-NATIVE_GATHER_COST = 60.0
-TAPS_PASS_COST = 100.0
-TAPS_FMA_COST = 4.0
-TAPS_MAX_TERMS = 72
-SPLIT_MIN_WIDTH = 48
-SPLIT_MAX_GROUPS = 24
-
-
-def native_in_registers(shape: LayerShape) -> bool:
-    """Whether the native primary kernel picks its inputs by lane shuffles in registers (no
-    gathered expansion): 3×3, C/L dividing 8, C_in/L in 1, 2, 4, 8 and at most 2·C/L."""
-    ci, co = shape.C_in // shape.L, shape.C // shape.L
-    return shape.kernel == (3, 3) and 8 % co == 0 and (ci == co or (8 % ci == 0 and ci <= 2 * co))
-
-
-def native_sparse_secondary(shape: LayerShape) -> bool:
-    """Whether `native` runs the secondary conv with its own multiply-adds (`native.secondary`)."""
-    return shape.C // shape.L == shape.M and shape.M in native.SECONDARY_GROUPS
-
-
-def cpu_costs(shape: LayerShape, with_native: bool = True) -> dict[str, float]:
-    """Modelled cost per output pixel of each mode `select_mode` considers on CPU."""
-    S = shape.kernel[0] * shape.kernel[1]
-    C_in, C, L = shape.C_in, shape.C, shape.L
-    costs = {"composed": float(C_in * C * S)}
-    if with_native:
-        gather = 0.0 if native_in_registers(shape) else NATIVE_GATHER_COST * (C_in // L) * C
-        secondary = C * C // shape.M if native_sparse_secondary(shape) else C * C
-        costs["native"] = NATIVE_COST * (S * (C_in // L) * C + secondary) + gather
-    terms = S * (C_in // L)
-    if terms <= TAPS_MAX_TERMS:
-        passes = C_in * shape.strides[0] * shape.strides[1] + C
-        costs["taps"] = TAPS_PASS_COST * passes + TAPS_FMA_COST * C * terms + C * C
-    if L <= SPLIT_MAX_GROUPS:
-        costs["split"] = float(S * C * max(C_in // L, SPLIT_MIN_WIDTH) + C * C)
-    return costs
-
-
-def select_mode(backend: str | None = None, shape: LayerShape | None = None,
-                with_native: bool | None = None) -> str:
-    """The mode `auto` uses for a layer shape on a backend.
-
-    GPU/TPU: `grouped` (cuDNN/XLA grouped convolutions are native there). CPU: XLA's grouped
-    convolution is 5-50× slower than a dense one (and its gradient seconds per call), so never
-    `grouped`; the cheapest of `native` (when its C++ kernel builds here and the run has one
-    device: `with_native` defaults to that), `composed`, `taps` and `split` under `cpu_costs`. `shift` (tiny
-    matmuls over the groups) was slower than that choice on every measured shape. Without a
-    shape: `composed`, correct and never pathological.
-    """
-    backend = backend or jax.default_backend()
-    if backend != "cpu":
-        return "grouped"
-    if shape is None:
-        return "composed"
-    if with_native is None:
-        # The FFI kernel has no partitioning rule: under a multi-device jit XLA would all-gather
-        # the batch and run it whole on every device, so `auto` keeps it to one-device runs.
-        with_native = jax.device_count() == 1 and native.available()
-    costs = cpu_costs(shape, with_native)
-    return min(costs, key=costs.get)
-
-
-def check_kernels(c_in: int, primary_shape, secondary_shape, L: int, M: int) -> None:
-    """ValueError naming the shapes when the kernels do not form an IGC layer on c_in channels."""
-    kh, kw, cin_g, C = primary_shape
-    if L <= 0 or M <= 0 or c_in % L or cin_g != c_in // L or C % L:
-        raise ValueError(f"IGC layer: primary kernel {tuple(primary_shape)} does not fit {c_in} input "
-                         f"channels in L={L} groups (expected (kh, kw, {c_in // max(L, 1)}, C))")
-    if C % M or tuple(secondary_shape) != (1, 1, C // M, C):
-        raise ValueError(f"IGC layer: secondary kernel {tuple(secondary_shape)} does not fit {C} "
-                         f"channels in M={M} groups (expected (1, 1, {C // max(M, 1)}, {C}))")
-
-
-def igc_apply(x, primary, secondary, *, L, M, strides=(1, 1), padding=((1, 1), (1, 1)),
-              mode: str = "auto"):
-    """Compute an IGC layer with the named mode (`auto`: `select_mode` for this layer's shape)."""
-    check_kernels(x.shape[-1], primary.shape, secondary.shape, L, M)
-    if mode == "auto":
-        kh, kw, _, C = primary.shape
-        mode = select_mode(shape=LayerShape(L=L, M=M, C_in=x.shape[-1], C=C, kernel=(kh, kw),
-                                            strides=tuple(strides)))
-    if mode not in MODES:
-        raise ValueError(f"unknown IGC computation mode {mode!r}; choose from auto, {', '.join(MODES)}")
-    return MODES[mode](x, primary, secondary, L=L, M=M, strides=strides, padding=padding)
-
-
-# The fused Pallas kernel (igc_jax/pallas_igc.py), selectable as mode="fused". `select_mode` must
-# not pick it until a GPU run of benchmarks/gpu_fused.py measures it faster; none has yet.
-from igc_jax.pallas_igc import igc_fused  # noqa: E402  (pallas_igc imports ops lazily)
-
-MODES["fused"] = igc_fused
+def native_sparse_secondary(L: int, M: int, C: int) -> bool:
+    """Whether `native` runs the secondary conv with its own multiply-adds (`native.secondary`):
+    C/L = M (the paper's IGC-L·M layers) and M a group size the kernel's vector lanes repeat."""
+    return C // L == M and M in native.SECONDARY_GROUPS

@@ -171,3 +171,26 @@ def four_branch_kernels(kernel):
     cross_sum = jnp.array([[1, 1, 0, 0], [0, 0, 1, 1]] * 2, kernel.dtype)  # [l', l]
     secondary = jnp.tile(cross_sum.T, (1, N))[None, None]  # [0, 0, l, m'·4 + l'] = cross_sum[l', l]
     return primary, secondary
+
+
+def check_igc_shapes(c_in: int, primary_shape, secondary_shape, L: int, M: int) -> None:
+    """The one check that kernels form an IGC layer on c_in channels: a ValueError naming them.
+
+    Every computation mode, the Flax layer and the fused kernel call this; the C++ kernels trust it.
+    """
+    kh, kw, cin_g, C = primary_shape
+    if L <= 0 or M <= 0:
+        raise ValueError(f"IGC layer: L={L} and M={M} must be positive")
+    if c_in % L:
+        raise ValueError(f"IGC layer: {c_in} input channels are not divisible by L={L}")
+    if C % L:
+        raise ValueError(f"IGC layer: {C} output channels are not divisible by L={L}")
+    if C % M:
+        raise ValueError(f"IGC layer: {C} output channels are not divisible into M={M} "
+                         f"secondary groups")
+    if cin_g != c_in // L:
+        raise ValueError(f"IGC layer: primary kernel {tuple(primary_shape)} does not fit {c_in} "
+                         f"input channels in L={L} groups (expected (kh, kw, {c_in // L}, {C}))")
+    if tuple(secondary_shape) != (1, 1, C // M, C):
+        raise ValueError(f"IGC layer: secondary kernel {tuple(secondary_shape)} does not fit {C} "
+                         f"channels in M={M} groups (expected (1, 1, {C // M}, {C}))")

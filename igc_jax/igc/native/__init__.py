@@ -1,6 +1,6 @@
 """C++ XLA FFI kernels for an IGC layer on CPU (igc_kernels.cc), built on first use: mode `native`.
 
-Why native code: on CPU, XLA's grouped convolution and every pure-XLA rewrite of it (ops.py) stay
+Why native code: on CPU, XLA's grouped convolution and every pure-XLA rewrite of it (modes.py) stay
 5-20× above the layer's roofline; these kernels do exactly the primary conv's multiply-adds,
 vectorised along NHWC channels, and the mixing matrix's gradient without XLA's transposed copies
 (benchmarks/results/cpu.md).

@@ -1,4 +1,7 @@
-"""A fused Pallas kernel for the IGC layer's forward pass: computation mode `fused`.
+"""Experimental: a fused Pallas kernel for the IGC layer's forward pass, mode `fused`.
+
+Not in the default registry (`igc_jax.igc.modes.MODES`) and never chosen by `auto`: no GPU run of
+`benchmarks/gpu_fused.py` has shown it faster yet. `IGCConv(mode="fused")` still selects it.
 
 Why: written as two grouped convolutions (mode `grouped`), an IGC layer writes the primary output
 y1 (N·H·W·C values) to HBM and reads it back for the secondary conv, in two launches; with small M
@@ -31,7 +34,8 @@ on CPU in Pallas interpret mode. The TPU version can follow the same tiling: Mos
 so the pixel tile would become a BlockSpec'd strip of rows plus halo and the tap offsets static
 slices; the block sizes are already parameters (`Blocks`).
 
-The backward pass is a `custom_vjp` over a reference mode (`_reference_mode`), so the layer trains.
+The backward pass is a `custom_vjp` over mode `grouped` (the paper's literal two convolutions), so
+the layer trains; the tests check both against the float64 reference.
 """
 from __future__ import annotations
 
@@ -43,6 +47,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
+
+from igc_jax.igc import kernels, modes
 
 TILINGS = ("fma", "dot")
 
@@ -107,14 +113,7 @@ def resolve_blocks(x_shape, primary_shape, secondary_shape, L: int, M: int,
     """`blocks` (default `default_blocks`), or ValueError naming the numbers when the fused kernel
     cannot compute this layer with them."""
     c_in, C = x_shape[-1], primary_shape[-1]
-    if c_in % L or C % L or C % M:
-        raise ValueError(f"fused IGC: C_in={c_in}, C={C} are not divisible by L={L} and M={M}")
-    if primary_shape[2] * L != c_in:
-        raise ValueError(f"fused IGC: primary kernel {tuple(primary_shape)} does not fit {c_in} "
-                         f"input channels in L={L} groups")
-    if tuple(secondary_shape) != (1, 1, C // M, C):
-        raise ValueError(f"fused IGC: secondary kernel has shape {tuple(secondary_shape)}, "
-                         f"expected (1, 1, {C // M}, {C}) for C={C}, M={M}")
+    kernels.check_igc_shapes(c_in, primary_shape, secondary_shape, L, M)
     if (C // M) % L:
         raise ValueError(f"fused IGC: secondary groups of C/M={C // M} channels are not whole "
                          f"multiples of L={L}")
@@ -301,14 +300,6 @@ def _forward(x, primary, secondary, L: int, M: int, strides, padding, interpret:
     return out.reshape(N, Ho, Wo, C)
 
 
-def _reference_mode():
-    """The reference mode whose VJP is the backward pass: `auto`'s choice, never `fused` itself."""
-    from igc_jax import ops  # not at the top: ops registers this module's `igc_fused` as a mode
-
-    mode = ops.select_mode()
-    return ops.MODES["grouped" if mode == "fused" else mode]
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
 def _fused(x, primary, secondary, L, M, strides, padding, interpret, blocks):
     return _forward(x, primary, secondary, L, M, strides, padding, interpret, blocks)
@@ -320,7 +311,7 @@ def _fused_fwd(x, primary, secondary, L, M, strides, padding, interpret, blocks)
 
 
 def _fused_bwd(L, M, strides, padding, interpret, blocks, residuals, g):
-    reference = functools.partial(_reference_mode(), L=L, M=M, strides=strides, padding=padding)
+    reference = functools.partial(modes.igc_grouped, L=L, M=M, strides=strides, padding=padding)
     _, vjp = jax.vjp(reference, *residuals)
     return vjp(g)
 
@@ -331,10 +322,10 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 def igc_fused(x, primary, secondary, *, L: int, M: int, strides: Sequence[int] = (1, 1),
               padding=((1, 1), (1, 1)), interpret: bool | None = None,
               blocks: Blocks | None = None):
-    """The IGC layer as one fused Pallas kernel (same signature and result as `ops.igc_grouped`).
+    """The IGC layer as one fused Pallas kernel (same signature and result as `modes.igc_grouped`).
 
-    interpret: run the kernel in Pallas interpret mode; default True on CPU. The compiled kernel
-    is Triton (GPU) only. blocks: tile sizes, default `default_blocks`.
+    interpret: run the kernel in Pallas interpret mode; default True unless this process's backend
+    is GPU. The compiled kernel is Triton (GPU) only. blocks: tile sizes, default `default_blocks`.
     """
     blocks = resolve_blocks(x.shape, primary.shape, secondary.shape, L, M, blocks)
     if interpret is None:
@@ -366,3 +357,7 @@ def lower_for_gpu(x, primary, secondary, *, L: int, M: int, strides: Sequence[in
             disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
         )(x, primary, secondary)
     return exported.mlir_module()
+
+
+# The experimental modes, by name: `IGCConv(mode=...)` accepts them, `auto` never picks them.
+EXPERIMENTAL_MODES = {"fused": igc_fused}

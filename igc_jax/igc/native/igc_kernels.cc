@@ -1,7 +1,7 @@
-// CPU kernels of an IGC layer as XLA FFI custom calls (mode `native` of igc_jax/ops.py).
+// CPU kernels of an IGC layer as XLA FFI custom calls (mode `native` of igc_jax/igc/modes.py).
 //
 // Why: XLA's CPU grouped convolution runs 5-100x slower than a dense one, and the pure-XLA
-// rewrites of igc_jax/ops.py pay for layout changes and extra memory passes. Here the primary conv
+// rewrites of igc_jax/igc/modes.py pay for layout changes and extra memory passes. Here the primary conv
 // does exactly its own multiply-adds, vectorised along the output channels of NHWC data:
 //
 //   y[n, ho, wo, c] = sum_{i, j, ci} w[i, j, ci, c] * x[n, ho*sh + i - pt, wo*sw + j - pl, src(ci, c)]
