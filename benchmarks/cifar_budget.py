@@ -29,9 +29,11 @@ TRAIN_IMAGES = 50_000
 
 
 def _start(config: str, workdir: Path, *flags: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "igc_jax.main", f"--config={config}", f"--workdir={workdir}", *flags]
+    cmd = [sys.executable, "-m", "igc_jax.main", f"--config={config}", f"--workdir={workdir}",
+           *flags]
     print("+", " ".join(cmd), flush=True)
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
 
 
 def _wait(name: str, proc: subprocess.Popen) -> None:
@@ -50,9 +52,11 @@ def _calibration_dir(root: Path, net: str) -> Path:
 
 
 def calibrate(nets: list[str], data_flags: list[str], root: Path, steps: int = 40) -> list[float]:
-    """Training images/s after compilation (the rate over the last half of a short run), side by side."""
+    """Training images/s after compilation (the rate over the last half of a short run), side by
+    side."""
     procs = {net: _start(f"{CONFIG}:{net}", _calibration_dir(root, net), *data_flags,
-                         f"--config.num_train_steps={steps}", f"--config.log_every_steps={steps // 2}",
+                         f"--config.num_train_steps={steps}",
+                         f"--config.log_every_steps={steps // 2}",
                          f"--config.eval_every_steps={10 * steps}",
                          f"--config.checkpoint_every_steps={10 * steps}") for net in nets}
     for net, proc in procs.items():
@@ -105,15 +109,19 @@ def main() -> None:
     results = run(args.nets, args.minutes, data_flags, Path(args.root))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"minutes": args.minutes, "results": results}, indent=1))
-    rows = ["| network | train images/s (mean) | epochs done | steps | test top-1 final | best | wall s |",
+    out.with_suffix(".json").write_text(
+        json.dumps({"minutes": args.minutes, "results": results}, indent=1))
+    rows = ["| network | train images/s (mean) | epochs done | steps | test top-1 final | best "
+            "| wall s |",
             "|---|---|---|---|---|---|---|"]
-    rows += [f"| {r['network']} | {r['images_per_sec_mean']:.1f} | {r['epochs_done']:.2f} | {r['steps']} | "
-             f"{r['final_top1']:.4f} | {r['best_top1']:.4f} | {r['wall_seconds']:.0f} |" for r in results]
+    rows += [f"| {r['network']} | {r['images_per_sec_mean']:.1f} | {r['epochs_done']:.2f} | "
+             f"{r['steps']} | {r['final_top1']:.4f} | {r['best_top1']:.4f} | "
+             f"{r['wall_seconds']:.0f} |" for r in results]
     out.with_suffix(".md").write_text(
-        f"CIFAR-10 (real, lossless arrays), plain D=8, spec §4 recipe (batch 64, SGD-Nesterov, lr 0.1 "
-        f"with ×0.1 at 1/2, 3/4, 7/8 of the planned epochs), {args.minutes:.0f} minutes of wall clock, "
-        f"the {len(results)} networks training side by side at the same time on this shared 2-core CPU.\n\n" + "\n".join(rows) + "\n")
+        f"CIFAR-10 (real, lossless arrays), plain D=8, spec §4 recipe (batch 64, SGD-Nesterov, "
+        f"lr 0.1 with ×0.1 at 1/2, 3/4, 7/8 of the planned epochs), {args.minutes:.0f} minutes "
+        f"of wall clock, the {len(results)} networks training side by side at the same time on "
+        f"this shared 2-core CPU.\n\n" + "\n".join(rows) + "\n")
     print("\n".join(rows))
 
 

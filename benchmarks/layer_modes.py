@@ -131,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=32)
     suite = "cpu" if jax.default_backend() == "cpu" else "gpu"
-    parser.add_argument("--modes", nargs="+", default=run.modes_for(suite), choices=list(modes.MODES),
+    parser.add_argument("--modes", nargs="+", default=run.modes_for(suite),
+                        choices=list(modes.MODES),
                         help="default: the modes of this device's suite (benchmarks.run.modes_for)")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per measurement (max)")
     parser.add_argument("--budget", type=float, default=15.0,

@@ -1,6 +1,6 @@
 """The performance suite: IGC layers in every mode, full training steps, a PyTorch peer, rooflines.
 
-    python -m benchmarks.run --suite=cpu            # ~15-25 min on 2 cores; results/cpu.{json,md}
+    python -m benchmarks.run --suite=cpu            # ~6 min on 2 cores; results/cpu.{json,md}
     python -m benchmarks.run --suite=gpu            # < 8 min on one GPU; results/gpu.{json,md}
     python -m benchmarks.run --suite=cpu --quick    # a dry run at toy sizes (results/*_quick.*)
 

@@ -1,6 +1,7 @@
 """CIFAR-10 with the paper's CIFAR networks (spec §2) and the official training setup (spec §4).
 
-    python -m igc_jax.main --config=experiments/cifar10_igc.py:L24M2,D20 --workdir=runs/c10_L24M2_D20
+    python -m igc_jax.main --config=experiments/cifar10_igc.py:L24M2,D20 \\
+        --workdir=runs/c10_L24M2_D20
 
 The argument names the network: `<net>,D<depth>[,ident][,sumfusion][,noquirk]` with
   <net>      W16 | W18 (RegConv-W16/W18) or L<x>M<y> (IGC-LxMy, e.g. L24M2, L4M8)

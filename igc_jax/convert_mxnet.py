@@ -1,4 +1,5 @@
-"""Convert a released MXNet model: `python -m igc_jax.convert_mxnet --symbol=... --params=... --out=...`.
+"""Convert a released MXNet model:
+`python -m igc_jax.convert_mxnet --symbol=... --params=... --out=...`.
 
 Thin on purpose: the format reader is `igc_jax.mxnet.format`, the converter `igc_jax.mxnet.convert`.
 """

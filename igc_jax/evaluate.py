@@ -89,7 +89,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint_dir: str) 
     state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                              batch_stats=variables["batch_stats"], opt_state=())
     state = jax.device_put(state, rep)
-    eval_fn = jax.jit(functools.partial(steps.eval_step, model=model),
+    eval_fn = jax.jit(steps.per_device(functools.partial(steps.eval_step, model=model,
+                                                         axis=sharding.DATA_AXIS), mesh),
                       in_shardings=(rep, sharding.batch_sharding(mesh)), out_shardings=rep)
     return loop.evaluate(eval_fn, state, config, mesh, stop=lambda: False)
 

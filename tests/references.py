@@ -2,9 +2,10 @@
 
 The formula reference builds the dense kernel with explicit loops over
     W[o, i, s] = W^d_{m'}[l', l] · W^p_l[m', m, s],   o = l'·M + m', i = l·M_in + m,
-reading W^p_l[m', m, s] = primary[s, m, l·M + m'] and W^d_{m'}[l', l] = secondary[0, 0, l, m'·L + l']
-(Flax grouped layout: group g owns the g-th contiguous block of input and output channels), then
-convolves; the literal reference runs spec §1's steps one by one.
+reading W^p_l[m', m, s] = primary[s, m, l·M + m'] and
+W^d_{m'}[l', l] = secondary[0, 0, l, m'·L + l'] (Flax grouped layout: group g owns the g-th
+contiguous block of input and output channels), then convolves; the literal reference runs spec
+§1's steps one by one.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The paper's networks (spec §2, §3): layouts, layer counts, exact parameter totals, forward passes.
+"""The paper's networks (spec §2, §3): layouts, layer counts, exact parameter totals, forward
+passes.
 
 Expected totals are computed here from the spec's layout and the per-layer formulas
 (regular conv k²·C_in/g·C_out, IGC primary 9·C_in/L·C_out + secondary C_out·C_out/M, BN 2C,
@@ -328,8 +329,9 @@ def _forward(model, image_size, batch=2, seed=0):
     variables = random_variables(abstract_variables(model, image_size, batch))
     x = jnp.asarray(np.random.default_rng(seed).normal(size=(batch, image_size, image_size, 3)),
                     jnp.float32)
-    fn = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats", "intermediates"],
-                                          capture_intermediates=lambda m, _: m.name == "stem_conv"))
+    fn = jax.jit(lambda v, x: model.apply(
+        v, x, train=True, mutable=["batch_stats", "intermediates"],
+        capture_intermediates=lambda m, _: m.name == "stem_conv"))
     logits, state = fn(variables, x)
     return x, variables, logits, state
 

@@ -77,7 +77,8 @@ def test_bfloat16_is_computed_in_float32():
     x = jax.random.normal(k[0], (2, 6, 6, 8)).astype(jnp.bfloat16)
     p = jax.random.normal(k[1], (3, 3, 2, 8)).astype(jnp.bfloat16)
     y = native.primary_conv(x, p, 4, (1, 1), ((1, 1), (1, 1)))
-    ref = modes.conv(x.astype(jnp.float32), p.astype(jnp.float32), padding=((1, 1), (1, 1)), groups=4)
+    ref = modes.conv(x.astype(jnp.float32), p.astype(jnp.float32), padding=((1, 1), (1, 1)),
+                     groups=4)
     assert y.dtype == jnp.bfloat16
     np.testing.assert_allclose(y.astype(jnp.float32), ref.astype(jnp.bfloat16).astype(jnp.float32),
                                rtol=1e-2, atol=1e-2)
@@ -86,7 +87,8 @@ def test_bfloat16_is_computed_in_float32():
 def test_compiler_failure_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("IGC_JAX_NATIVE_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "false")
-    with pytest.raises(native.NativeUnavailable, match="compiling igc_kernels.cc with false failed"):
+    with pytest.raises(native.NativeUnavailable,
+                       match="compiling igc_kernels.cc with false failed"):
         native._build()
     assert os.listdir(tmp_path) == []  # no half-written library left behind
 

@@ -115,3 +115,26 @@ def test_quickstart_reaches_95_percent(tmp_path):
     assert st["status"] == "finished"
     assert st["final_top1"] >= 0.95, st
     assert "done:" in r.stdout
+
+
+def test_processes_agree_on_sigterm_only_every_n_steps(monkeypatch):
+    """With several processes the flags are shared (a host round trip) only at multiples of N,
+    the same steps on every process, so all stop and checkpoint at one agreed step."""
+    from jax.experimental import multihost_utils
+
+    calls = []
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "process_allgather",
+                        lambda x: calls.append(int(x)) or np.asarray([x, False]))
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", lambda step: False)
+    flag = train.SigtermFlag(every=4)
+    flag.set = True  # SIGTERM arrived before step 1
+    stops = [step for step in range(1, 10) if flag(step)]
+    assert stops == [4, 8] and calls == [1, 1]
+
+
+def test_profile_steps_write_a_tensorboard_trace(tmp_path):
+    train.train_and_evaluate(tiny_config(num_train_steps=4, profile_steps="1:3"), str(tmp_path))
+    traces = list((tmp_path / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    assert status(tmp_path)["conv_modes"]["layers"]  # the run records its IGC layers' modes

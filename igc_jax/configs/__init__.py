@@ -6,7 +6,8 @@ Validation needs the model and data code, so it happens where a run starts
 An experiment file in `experiments/` calls `base_config()` and sets what differs. Fields:
 
   seed                      everything random (init, data order, augmentation) derives from it
-  model.name                key of `igc_jax.models.MODELS`; the other `model.*` fields are its kwargs
+  model.name                key of `igc_jax.models.MODELS`; the other `model.*` fields are its
+                            kwargs
   dataset.name              cifar10 | cifar100 | svhn_cropped | imagenet2012 | digits | arrays
   dataset.data_dir          TFDS data dir (default $TFDS_DATA_DIR) or the .npz folder for `arrays`
   dataset.num_classes       classes of the labels
@@ -18,12 +19,19 @@ An experiment file in `experiments/` calls `base_config()` and sets what differs
   batch_size, eval_batch_size   global batch sizes (divided over processes and devices)
   num_epochs | num_train_steps  training length (steps win when > 0)
   learning_rate, momentum, nesterov, weight_decay   SGD as spec §4 (L2 added to every gradient)
-  lr_schedule               "cifar" (×0.1 at 1/2, 3/4, 7/8) | "imagenet" (×0.1 every 30 epochs) | "constant"
+  lr_schedule               "cifar" (×0.1 at 1/2, 3/4, 7/8) | "imagenet" (×0.1 every 30 epochs)
+                            | "constant"
   warmup_epochs             linear warmup before the schedule
   dtype                     compute dtype: "float32" | "bfloat16" (params and BN stats stay float32)
-  conv_mode                 IGC computation mode (`auto` or a key of igc_jax.ops.MODES)
+  conv_mode                 IGC computation mode: `auto`, a key of igc_jax.igc.modes.MODES, or
+                            `fused`
   log_every_steps, eval_every_steps (0: every epoch), checkpoint_every_steps, keep_checkpoints
   max_train_seconds         stop (with a checkpoint) after this much training time; 0: no limit
+  batch_norm                "global": statistics over the global batch (1 and N devices train the
+                            same network) | "per_device": each device's own (the authors' multi-GPU
+                            MXNet runs), running statistics averaged every step
+  sigterm_check_every_steps multi-process runs agree on SIGTERM every this many steps
+  profile_steps             "START:STOP": a jax.profiler trace of those steps under tensorboard/
 """
 from __future__ import annotations
 
@@ -70,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.max_train_seconds = 0.0
+    c.batch_norm = "global"
+    c.sigterm_check_every_steps = 10
+    c.profile_steps = ""
     return c
 
 

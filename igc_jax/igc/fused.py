@@ -321,18 +321,21 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 def igc_fused(x, primary, secondary, *, L: int, M: int, strides: Sequence[int] = (1, 1),
               padding=((1, 1), (1, 1)), interpret: bool | None = None,
-              blocks: Blocks | None = None):
+              blocks: Blocks | None = None, platform: str | None = None):
     """The IGC layer as one fused Pallas kernel (same signature and result as `modes.igc_grouped`).
 
-    interpret: run the kernel in Pallas interpret mode; default True unless this process's backend
-    is GPU. The compiled kernel is Triton (GPU) only. blocks: tile sizes, default `default_blocks`.
+    platform: the backend the step is compiled for (default: this process's; "gpu" when lowering
+    for CUDA elsewhere). interpret: run the kernel in Pallas interpret mode; default True unless
+    the platform is GPU. The compiled kernel is Triton (GPU) only. blocks: tile sizes, default
+    `default_blocks`.
     """
     blocks = resolve_blocks(x.shape, primary.shape, secondary.shape, L, M, blocks)
+    platform = platform or jax.default_backend()
     if interpret is None:
-        interpret = jax.default_backend() == "cpu"
-    if not interpret and jax.default_backend() != "gpu":
+        interpret = platform != "gpu"
+    if not interpret and platform != "gpu":
         raise ValueError(f"fused IGC: the compiled kernel is GPU (Triton) only, backend is "
-                         f"{jax.default_backend()!r}; pass interpret=True or use another mode")
+                         f"{platform!r}; pass interpret=True or use another mode")
     return _fused(x, primary, secondary, L, M, tuple(strides), tuple(map(tuple, padding)),
                   bool(interpret), blocks)
 

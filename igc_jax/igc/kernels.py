@@ -53,9 +53,11 @@ def permutation_matrix(C: int, B: int) -> np.ndarray:
 
 
 def block_diagonal(kernel, groups: int):
-    """Embed a grouped kernel (kh, kw, C_in/groups, C_out) in a dense HWIO kernel (kh, kw, C_in, C_out).
+    """Embed a grouped kernel (kh, kw, C_in/groups, C_out) in a dense HWIO kernel
+    (kh, kw, C_in, C_out).
 
-    Output block k (channels k·C_out/groups ...) only sees input block k: the sparsity of W^p and W^d.
+    Output block k (channels k·C_out/groups ...) only sees input block k: the sparsity of W^p and
+    W^d.
     """
     kh, kw, cin_g, cout = kernel.shape
     if groups <= 0 or cout % groups:
@@ -93,8 +95,8 @@ def compose_kernel(primary, secondary, L: int, M: int):
         raise ValueError(f"compose_kernel: primary has {C} output channels, not divisible by L={L}")
     if secondary.shape != (1, 1, C // M, C):
         raise ValueError(
-            f"compose_kernel: secondary kernel has shape {secondary.shape}, expected (1, 1, {C // M}, {C}) "
-            f"for C={C}, M={M}")
+            f"compose_kernel: secondary kernel has shape {secondary.shape}, expected "
+            f"(1, 1, {C // M}, {C}) for C={C}, M={M}")
     Q = mixing_matrix(secondary, L, M).reshape(L, C // L, C)
     p = primary.reshape(kh, kw, cin_g, L, C // L)
     W = jnp.einsum("hwclo,loj->hwlcj", p, Q)  # only the diagonal blocks of W^p are non-zero
@@ -143,7 +145,8 @@ def is_igc_kernel(W, L: int, M: int, rtol: float = 1e-5) -> bool:
 
 
 def sum_fusion_kernel(C: int, M: int, dtype=jnp.float32):
-    """The fixed secondary kernel of SumFusion: all-ones blocks (each secondary group sums its L inputs)."""
+    """The fixed secondary kernel of SumFusion: all-ones blocks (each secondary group sums its L
+    inputs)."""
     return jnp.ones((1, 1, C // M, C), dtype)
 
 

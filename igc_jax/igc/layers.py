@@ -44,7 +44,8 @@ def resolve_mode(mode: str, shape: LayerShape, context: ModeContext | None) -> s
     """The concrete mode of one layer: `mode` itself, or for `auto` `select.select_mode`'s choice
     in `context` (default: this process's `select.detect_context()`)."""
     if mode not in MODE_NAMES:
-        raise ValueError(f"unknown IGC computation mode {mode!r}; choose from {', '.join(MODE_NAMES)}")
+        raise ValueError(f"unknown IGC computation mode {mode!r}; choose from "
+                         f"{', '.join(MODE_NAMES)}")
     if mode != "auto":
         return mode
     return select.select_mode(shape, context or select.detect_context())
@@ -59,18 +60,19 @@ def igc_apply(x, primary, secondary, *, L, M, strides=(1, 1), padding=((1, 1), (
     name = resolve_mode(mode, shape, context)
     kwargs = dict(L=L, M=M, strides=tuple(strides), padding=tuple(map(tuple, padding)))
     if name == "fused":  # compiled (Triton) only when the step is compiled for a GPU
-        kwargs["interpret"] = (context or select.detect_context()).backend != "gpu"
+        kwargs["platform"] = (context or select.detect_context()).backend
     return ALL_MODES[name](x, primary, secondary, **kwargs)
 
 
 class IGCConv(nn.Module):
-    """Primary group conv (L groups) → shuffle(L) → secondary 1×1 group conv (M groups) → shuffle(M).
+    """Primary group conv (L groups) → shuffle(L) → secondary 1×1 group conv (M groups)
+    → shuffle(M).
 
     Attributes:
       features: output width C (= L·M in the paper's layers).
       L: number of primary groups.
-      M: number of secondary groups; default C / L. The official CIFAR residual code uses C_in / L in
-        the first layer of a downsampling unit (spec §2's quirk), which is why it is separate.
+      M: number of secondary groups; default C / L. The official CIFAR residual code uses C_in / L
+        in the first layer of a downsampling unit (spec §2's quirk), which is why it is separate.
       sum_fusion: fix the secondary kernel to all-ones blocks (SumFusion); then it is no parameter.
       mode: `auto`, or one of `ALL_MODES`; every mode gives the same output and gradients.
       context: what `auto` may use (backend, native kernels); None: `select.detect_context()`.
@@ -109,8 +111,8 @@ class IGCConv(nn.Module):
         if self.sum_fusion:
             secondary = kernels.sum_fusion_kernel(self.features, M, self.param_dtype)
         else:
-            secondary = self.param("secondary", he_normal, (1, 1, self.features // M, self.features),
-                                   self.param_dtype)
+            secondary = self.param("secondary", he_normal,
+                                   (1, 1, self.features // M, self.features), self.param_dtype)
         dtype = self.dtype or x.dtype
         padding = self.padding if self.padding is not None else same_padding(self.kernel_size)
         return igc_apply(x.astype(dtype), primary.astype(dtype), secondary.astype(dtype),
@@ -135,12 +137,14 @@ class PointwiseConv(nn.Conv):
         groups = self.feature_group_count
         if tuple(self.kernel_size) != (1, 1) or inputs.shape[-1] % groups or self.features % groups:
             raise ValueError(f"PointwiseConv: kernel {tuple(self.kernel_size)}, {inputs.shape[-1]} "
-                             f"inputs and {self.features} outputs do not form a 1×1 conv in {groups} groups")
+                             f"inputs and {self.features} outputs do not form a 1×1 conv in "
+                             f"{groups} groups")
         kernel = self.param("kernel", self.kernel_init,
                             (1, 1, inputs.shape[-1] // groups, self.features), self.param_dtype)
         sh, sw = self.strides
         dtype = self.dtype or jnp.result_type(inputs, kernel)
-        return modes.pointwise_grouped(inputs[:, ::sh, ::sw].astype(dtype), kernel.astype(dtype), groups)
+        return modes.pointwise_grouped(inputs[:, ::sh, ::sw].astype(dtype), kernel.astype(dtype),
+                                       groups)
 
 
 def _batch_stats(x32, axis_name: str | None):

@@ -88,7 +88,8 @@ def native_in_registers(shape: LayerShape) -> bool:
     """Whether the native primary kernel picks its inputs by lane shuffles in registers (no
     gathered expansion): 3×3, C/L dividing 8, C_in/L in 1, 2, 4, 8 and at most 2·C/L."""
     ci, co = shape.C_in // shape.L, shape.C // shape.L
-    return tuple(shape.kernel) == (3, 3) and 8 % co == 0 and (ci == co or (8 % ci == 0 and ci <= 2 * co))
+    return (tuple(shape.kernel) == (3, 3) and 8 % co == 0
+            and (ci == co or (8 % ci == 0 and ci <= 2 * co)))
 
 
 def select_mode(shape: LayerShape, context: ModeContext) -> str:

@@ -93,7 +93,8 @@ def classifier(x, num_classes: int):
 
 
 def is_positive_int(value: Any) -> bool:
-    """The one rule for the networks' integer fields (depth, widths, L, M): an int ≥ 1, not a bool."""
+    """The one rule for the networks' integer fields (depth, widths, L, M): an int ≥ 1, not a
+    bool."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 

@@ -46,7 +46,8 @@ class Pretrained:
         """float32 logits (N, num_classes) of N×image_size×image_size×3 images in 0..255."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
-            raise ValueError(f"expected images of shape (N, {self.image_size}, {self.image_size}, 3),"
+            raise ValueError(f"expected images of shape "
+                             f"(N, {self.image_size}, {self.image_size}, 3),"
                              f" got {images.shape}")
         return self._logits(self.variables, self.normalize(images))
 

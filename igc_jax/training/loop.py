@@ -20,6 +20,8 @@ import numpy as np
 from etils import epath
 
 from igc_jax import data
+from igc_jax.igc import select
+from igc_jax.igc.layers import planned_modes
 from igc_jax.training import checkpoint as ckpt_lib
 from igc_jax.training import sharding, steps
 from igc_jax.training.metrics_log import MetricsLog
@@ -85,10 +87,17 @@ def write_json(path: epath.Path, obj: dict) -> None:
 # ---------------------------------------------------------------- preemption
 
 class SigtermFlag:
-    """Set by SIGTERM; the loop checks it at every step boundary (and between eval batches)."""
+    """Set by SIGTERM; the loop asks it at every step boundary (and between eval batches).
 
-    def __init__(self):
+    With several processes every one must stop at the same step, so they share their flags (and
+    ask JAX's preemption service, Cloud TPU maintenance events), a host round trip that the
+    accelerators would wait on: only at steps that are multiples of `every` (the same steps on
+    every process), so the checkpoint is written at an agreed step.
+    """
+
+    def __init__(self, every: int = 1):
         self.set = False
+        self.every = every
         self._previous = None
 
     def __enter__(self):
@@ -108,11 +117,55 @@ class SigtermFlag:
     def __call__(self, step: int) -> bool:
         if jax.process_count() == 1:
             return self.set
-        # Every process must stop at the same step: share the local flags, and ask JAX's
-        # preemption service (Cloud TPU maintenance events) too.
+        if step % self.every:
+            return False
         from jax.experimental import multihost_utils
         flags = multihost_utils.process_allgather(np.asarray(self.set))
         return bool(np.any(flags)) or multihost_utils.reached_preemption_sync_point(step)
+
+
+# ---------------------------------------------------------------- visible choices and profiling
+
+def record_conv_modes(model, image_shape, context: select.ModeContext) -> dict:
+    """Every IGC layer's computation mode, decided once from `context` (before any compile):
+    logged once per distinct (layer shape, mode) and returned for status.json."""
+    plan = planned_modes(model, image_shape)
+    if plan:
+        counts: dict[tuple[str, str], int] = {}
+        for shape, mode in plan.values():
+            counts[shape, mode] = counts.get((shape, mode), 0) + 1
+        log.warning("IGC computation modes (%s, native kernels %s): %s", context.backend,
+                    "available" if context.native else "unavailable",
+                    "; ".join(f"{m} for {n}× {s}" for (s, m), n in counts.items()))
+    return {"context": {"backend": context.backend, "native": context.native},
+            "layers": {path: mode for path, (_, mode) in plan.items()}}
+
+
+class Profiler:
+    """A `jax.profiler` trace of steps [START, STOP) (`config.profile_steps="START:STOP"`), written
+    under the workdir's tensorboard/ where TensorBoard's profile plugin finds it."""
+
+    def __init__(self, steps_spec: str, log_dir):
+        start, _, stop = (steps_spec or "").partition(":")
+        self.window = (int(start), int(stop)) if steps_spec else None
+        self.log_dir = str(log_dir)
+        self.running = False
+
+    def at(self, step: int) -> None:
+        if self.window is None or jax.process_index() != 0:
+            return
+        if step == self.window[0] and not self.running:
+            jax.profiler.start_trace(self.log_dir)
+            self.running = True
+        elif step == self.window[1]:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.running:
+            jax.effects_barrier()
+            jax.profiler.stop_trace()
+            self.running = False
+            log.warning("profile of steps %d:%d written under %s", *self.window, self.log_dir)
 
 
 # ---------------------------------------------------------------- the loop
@@ -155,11 +208,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if jax.process_index() == 0:
         (wd / "config.json").write_text(config.to_json_best_effort(indent=1))
 
-    model = steps.make_model(config)
+    context = select.detect_context()
+    model = steps.make_model(config, context)
+    conv_modes = record_conv_modes(model, info.image_shape, context)
     schedule = steps.learning_rate_schedule(config, steps_per_epoch, num_steps)
     tx = steps.make_optimizer(config, schedule)
     state, state_shardings = steps.init_state(model, tx, info.image_shape, config.seed, mesh)
-    train_fn, eval_fn, finite_fn = steps.compile_steps(model, tx, schedule, state_shardings, mesh)
+    train_fn, eval_fn, finite_fn = steps.compile_steps(
+        model, tx, schedule, state_shardings, mesh,
+        average_batch_stats=config.batch_norm == "per_device")
+    profile = Profiler(config.profile_steps, wd / "tensorboard")
 
     checkpointer = ckpt_lib.Checkpointer(str(wd), keep=config.keep_checkpoints)
     train_iter = data.train_iterator(config, process_index=jax.process_index(),
@@ -178,7 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     metrics_log = MetricsLog(wd, enabled=jax.process_index() == 0)
     metrics_log.rewind(start)
     status = {"status": "running", "step": start, "num_steps": num_steps, "best_top1": None,
-              "final_top1": None, "images_per_sec": None, "message": ""}
+              "final_top1": None, "images_per_sec": None, "message": "", "conv_modes": conv_modes}
     status.update(metrics_log.best_and_final())
     write_json(wd / "status.json", status)
 
@@ -196,8 +254,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     prev = None  # (step, loss) of the previous step, checked one step late to keep the device busy
     step = start
     try:
-        with SigtermFlag() as sigterm:
+        with SigtermFlag(config.sigterm_check_every_steps) as sigterm:
             while step < num_steps:
+                profile.at(step)
                 if sigterm(step):
                     save(step)
                     raise Preempted(f"preempted: checkpoint saved at step {step}")
@@ -241,6 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         status.update(status="failed", step=step, message=str(e).splitlines()[0] if str(e) else repr(e))
         raise
     finally:
+        profile.stop()
         progress.close()
         checkpointer.close()
         metrics_log.close()

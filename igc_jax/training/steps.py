@@ -1,7 +1,18 @@
-"""The training state and the jitted train and eval steps (model → step).
+"""The training state and the jitted train and eval steps (model → step), computed per device.
 
 One mesh with a `data` axis over all devices of all processes; the batch is sharded along it, the
-state replicated; `jax.jit` with explicit shardings and the state donated.
+state replicated. Each step runs under `jax.shard_map`: every device computes the network on its
+own shard of the batch, whatever the IGC layers' computation mode. (Under plain `jax.jit`, XLA's
+SPMD partitioner does not partition grouped convolutions that are not depthwise-shaped, openxla/xla
+issue 47945, and would all-gather the whole batch around every IGC layer; the C++ kernels of mode
+`native` have no partitioning rule at all.) The collectives are explicit and few:
+- the gradients, flattened into one vector, are averaged once per step (one all-reduce);
+- BatchNorm (config.batch_norm="global", the default) averages its two moments over the axis in
+  the forward pass and its two gradient sums in the backward pass, so 1 and N devices train the
+  same network; "per_device" keeps each device's own batch statistics (the authors' multi-GPU
+  MXNet training) and averages the running statistics once per step;
+- the metrics: one all-reduce of the loss and accuracy (train) or of the masked sums (eval).
+`per_device=False` builds the old GSPMD steps (plain `jax.jit`), kept for `benchmarks.scaling`.
 """
 from __future__ import annotations
 
@@ -14,9 +25,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from jax import lax
+from jax.flatten_util import ravel_pytree
+from jax.sharding import PartitionSpec as P
 
 from igc_jax import models
+from igc_jax.igc.select import ModeContext
 from igc_jax.training import sharding
+from igc_jax.training.sharding import DATA_AXIS
 
 
 @flax.struct.dataclass
@@ -31,7 +47,8 @@ class TrainState:
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
                            num_steps: int) -> optax.Schedule:
-    """Step schedule of spec §4 in steps: ×0.1 at 1/2, 3/4, 7/8 (cifar) or every 30 epochs (imagenet)."""
+    """Step schedule of spec §4 in steps: ×0.1 at 1/2, 3/4, 7/8 (cifar) or every 30 epochs
+    (imagenet)."""
     lr = config.learning_rate
     if config.lr_schedule == "cifar":
         boundaries = [int(num_steps * f) for f in (1 / 2, 3 / 4, 7 / 8)]
@@ -41,7 +58,8 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
         boundaries = []
     warmup = max(int(config.warmup_epochs * steps_per_epoch), 0)
     # join_schedules restarts the count at the warmup's end: shift so decays stay at absolute steps.
-    schedule = optax.piecewise_constant_schedule(lr, {b - warmup: 0.1 for b in boundaries if b > warmup})
+    schedule = optax.piecewise_constant_schedule(
+        lr, {b - warmup: 0.1 for b in boundaries if b > warmup})
     if warmup == 0:
         return schedule
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), schedule], [warmup])
@@ -54,16 +72,21 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule):
         optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov))
 
 
-def make_model(config: ml_collections.ConfigDict) -> nn.Module:
+def make_model(config: ml_collections.ConfigDict, context: ModeContext | None = None,
+               per_device: bool = True) -> nn.Module:
+    """The config's network; under the per-device steps its BatchNorm averages over `data`
+    (unless config.batch_norm is "per_device")."""
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    bn_axis = DATA_AXIS if per_device and config.get("batch_norm", "global") == "global" else None
     return models.build_model(config.model, num_classes=config.dataset.num_classes, dtype=dtype,
-                              conv_mode=config.conv_mode)
+                              conv_mode=config.conv_mode, context=context, bn_axis=bn_axis)
 
 
 # ---------------------------------------------------------------- state and steps
 
 def init_state(model: nn.Module, tx, input_shape: tuple[int, ...], seed: int, mesh):
-    """The state initialised directly in its (replicated) sharding: eval_shape, then a jitted init."""
+    """The state initialised directly in its (replicated) sharding: eval_shape, then a jitted
+    init."""
 
     def init_fn(rng):
         variables = model.init(rng, jnp.zeros((1, *input_shape), jnp.float32), train=False)
@@ -82,23 +105,38 @@ def cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
-def train_step(state: TrainState, batch: dict, *, model: nn.Module, tx, schedule) -> tuple[TrainState, dict]:
+def mean_over(tree, axis: str | None):
+    """The mean of a pytree over a mesh axis as ONE all-reduce of its flattened leaves (None:
+    unchanged; the GSPMD steps see the global batch already)."""
+    if axis is None:
+        return tree
+    flat, unravel = ravel_pytree(tree)
+    return unravel(lax.pmean(flat, axis))
+
+
+def train_step(state: TrainState, batch: dict, *, model: nn.Module, tx, schedule,
+               axis: str | None = None, average_batch_stats: bool = False
+               ) -> tuple[TrainState, dict]:
+    """One SGD step on `batch` (this device's shard when `axis` names the mesh axis)."""
     def loss_fn(params):
         logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
                                       batch["image"], train=True, mutable=["batch_stats"])
         return cross_entropy(logits, batch["label"]).mean(), (logits, updates["batch_stats"])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = mean_over(grads, axis)  # equal shards: the mean of the shards' mean-loss gradients
+    if average_batch_stats:  # per-device BatchNorm: one set of running statistics
+        batch_stats = mean_over(batch_stats, axis)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss,
-               "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-               "learning_rate": schedule(state.step)}
+    metrics = mean_over({"loss": loss,
+                         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}, axis)
+    metrics["learning_rate"] = schedule(state.step)
     return TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
                       opt_state=opt_state), metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, model: nn.Module) -> dict:
+def eval_step(state: TrainState, batch: dict, *, model: nn.Module, axis: str | None = None) -> dict:
     """Masked sums over the global batch: padded examples (mask 0) count for nothing."""
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                          batch["image"], train=False).astype(jnp.float32)
@@ -106,25 +144,42 @@ def eval_step(state: TrainState, batch: dict, *, model: nn.Module) -> dict:
     labels = batch["label"]
     k = min(5, logits.shape[-1])
     topk = jax.lax.top_k(logits, k)[1]
-    return {"loss": jnp.sum(cross_entropy(logits, labels) * mask),
-            "top1": jnp.sum((topk[:, 0] == labels) * mask),
-            "top5": jnp.sum(jnp.any(topk == labels[:, None], axis=-1) * mask),
-            "count": jnp.sum(mask)}
+    sums = jnp.stack([jnp.sum(cross_entropy(logits, labels) * mask),
+                      jnp.sum((topk[:, 0] == labels) * mask),
+                      jnp.sum(jnp.any(topk == labels[:, None], axis=-1) * mask),
+                      jnp.sum(mask)])
+    if axis is not None:
+        sums = lax.psum(sums, axis)
+    return dict(zip(("loss", "top1", "top5", "count"), sums))
 
 
 def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def compile_steps(model, tx, schedule, state_shardings, mesh):
-    """The jitted train/eval steps with explicit in/out shardings; the state is donated."""
+def per_device(fn, mesh):
+    """`fn(state, batch)` run on every device with its own batch shard (`shard_map` over `data`),
+    the state and the (already reduced) outputs replicated."""
+    return jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(),
+                         check_vma=False)
+
+
+def compile_steps(model, tx, schedule, state_shardings, mesh, *, per_device_steps: bool = True,
+                  average_batch_stats: bool = False):
+    """The jitted train/eval steps with explicit in/out shardings; the state is donated.
+
+    per_device_steps: run them under `shard_map` (see the module docstring); False: plain GSPMD.
+    average_batch_stats: per-device BatchNorm (its running statistics averaged once per step).
+    """
     rep, batch = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    train = jax.jit(functools.partial(train_step, model=model, tx=tx, schedule=schedule),
-                    in_shardings=(state_shardings, batch), out_shardings=(state_shardings, rep),
-                    donate_argnums=0)
-    evaluate = jax.jit(functools.partial(eval_step, model=model),
-                       in_shardings=(state_shardings, batch), out_shardings=rep)
+    axis = DATA_AXIS if per_device_steps else None
+    train_fn = functools.partial(train_step, model=model, tx=tx, schedule=schedule, axis=axis,
+                                 average_batch_stats=average_batch_stats and per_device_steps)
+    eval_fn = functools.partial(eval_step, model=model, axis=axis)
+    if per_device_steps:
+        train_fn, eval_fn = per_device(train_fn, mesh), per_device(eval_fn, mesh)
+    train = jax.jit(train_fn, in_shardings=(state_shardings, batch),
+                    out_shardings=(state_shardings, rep), donate_argnums=0)
+    evaluate = jax.jit(eval_fn, in_shardings=(state_shardings, batch), out_shardings=rep)
     finite = jax.jit(all_finite, out_shardings=rep)
     return train, evaluate, finite
-
-

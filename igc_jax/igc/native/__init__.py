@@ -1,9 +1,9 @@
 """C++ XLA FFI kernels for an IGC layer on CPU (igc_kernels.cc), built on first use: mode `native`.
 
-Why native code: on CPU, XLA's grouped convolution and every pure-XLA rewrite of it (modes.py) stay
-5-20× above the layer's roofline; these kernels do exactly the primary conv's multiply-adds,
-vectorised along NHWC channels, and the mixing matrix's gradient without XLA's transposed copies
-(benchmarks/results/cpu.md).
+Why native code: on CPU, XLA's grouped convolution and every pure-XLA rewrite of it (modes.py)
+stay 7–27× above the layer's roofline (fwd+bwd, benchmarks/results/cpu.md); these kernels do
+exactly the primary conv's multiply-adds, vectorised along NHWC channels, and the mixing
+matrix's gradient without XLA's transposed copies.
 
 The shared library is compiled with the system's C++ compiler (`$CXX`, else g++) against jaxlib's
 FFI headers the first time it is needed, and cached in `$IGC_JAX_NATIVE_CACHE` (default
