@@ -304,3 +304,34 @@ def test_evaluate_warns_when_the_config_normalises_otherwise_than_training(capsy
         capsys.readouterr().err
     evaluate.warn_normalization(config, {"preprocessing": None})
     assert capsys.readouterr().err == ""
+
+
+def test_load_pretrained_applies_the_recorded_preprocessing(tmp_path):
+    """igc_jax.load_pretrained: module, variables and the model.json normalisation in one call;
+    on the fixture's raw 0..255 images it gives the logits MXNet computed on normalised ones."""
+    import igc_jax
+
+    name = "imagenet_igc_tiny"
+    _, _, ref = load_fixture(name)
+    convert_cli.main([f"--symbol={FIXTURES / f'{name}-symbol.json'}",
+                      f"--params={FIXTURES / f'{name}-0000.params'}", f"--out={tmp_path}/c"])
+    with pytest.raises(ValueError, match="records no preprocessing"):
+        igc_jax.load_pretrained(str(tmp_path / "c"))  # not a released model: inputs unknown
+    info_path = tmp_path / "c" / "model.json"
+    info = json.loads(info_path.read_text())
+    info["preprocessing"] = {"mean": ref["mean"].tolist(), "std": ref["std"].tolist()}
+    info_path.write_text(json.dumps(info))
+    net = igc_jax.load_pretrained(str(tmp_path / "c"))
+    assert (net.image_size, net.num_classes) == (64, 10)
+    assert relative_error(np.asarray(net(ref["image"])), ref["logits"]) < 1e-4
+
+
+def test_matching_experiment_table_names_the_files_that_build_those_models():
+    from igc_jax.configs.networks import IMAGENET_EXPERIMENTS, IMAGENET_NETWORKS
+
+    for network, path in IMAGENET_EXPERIMENTS.items():
+        config = configs.load_config(EXPERIMENTS.parent / path)
+        converted = convert_mxnet.ConvertedModel(model=dict(IMAGENET_NETWORKS[network]),
+                                                 num_classes=1000, image_size=224)
+        assert config.model.to_dict() == IMAGENET_NETWORKS[network], path
+        assert convert_mxnet.matching_experiment(converted) == path
