@@ -113,6 +113,11 @@ def layer_fns(mode: str, L: int, M: int, stride: int) -> tuple[Callable, Callabl
     return jax.jit(f), jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
+def torch_device(suite: str) -> str:
+    """Where the PyTorch peer runs: on the GPU beside JAX in the GPU suite, else the CPU."""
+    return "cuda" if suite == "gpu" else "cpu"
+
+
 def modes_for(suite: str) -> list[str]:
     """Every mode of layers.ALL_MODES for the suite's device: the experimental Pallas `fused` only
     on GPU (on CPU it runs in interpret mode), the C++ `native` only on CPU (where it builds)."""
@@ -169,7 +174,8 @@ def bench_layers(suite: str, quick: bool, dtype, ceil: roofline.Ceilings, torch_
                 for k, v in entry.items()))
         if torch_peer is not None and dtype == jnp.float32:
             row["torch"] = {kind: _stats(torch_peer.igc_layer_times(
-                N, H, C_in, C, L, M, stride, backward=kind == "fwd_bwd", reps=reps))
+                N, H, C_in, C, L, M, stride, backward=kind == "fwd_bwd", reps=reps,
+                device=torch_device(suite)))
                 for kind in ("fwd", "fwd_bwd")}
             log(f"  {net} {layer} torch: fwd {row['torch']['fwd']['best_ms']:.1f} ms, "
                 f"fwd_bwd {row['torch']['fwd_bwd']['best_ms']:.1f} ms")
@@ -255,7 +261,7 @@ def bench_steps(suite: str, quick: bool, dtype, ceil: roofline.Ceilings, torch_p
                           for m in conv_modes}
             if torch_peer is not None and image_size == 32 and dtype == jnp.float32:
                 torch_times = torch_peer.train_step_times(cfg, batch, warmup=1 if quick else 2,
-                                                          reps=reps)
+                                                          reps=reps, device=torch_device(suite))
                 n_torch = sum(p.numel() for p in torch_peer.build(cfg).parameters())
                 row["torch"] = {**_stats(torch_times), "params": n_torch}
             best = row["jax"]["auto"]["best_ms"]

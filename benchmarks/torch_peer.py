@@ -135,26 +135,33 @@ def build(model_cfg: dict[str, Any], num_classes: int = 10) -> CifarNet:
     raise ValueError(f"torch peer: no PyTorch version of model {name!r}")
 
 
-def _time_calls(fn, warmup: int, reps: int) -> list[float]:
+def _time_calls(fn, warmup: int, reps: int, device: str = "cpu") -> list[float]:
+    """Wall seconds per call; on CUDA each call is timed to its kernels' end (synchronised)."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(reps):
         t = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t)
     return times
 
 
 def train_step_times(model_cfg: dict[str, Any], batch: int, *, warmup: int = 2, reps: int = 5,
-                     num_classes: int = 10, image_size: int = 32) -> list[float]:
-    """Seconds per SGD-Nesterov training step (forward, backward, update) after warm-up."""
+                     num_classes: int = 10, image_size: int = 32,
+                     device: str = "cpu") -> list[float]:
+    """Seconds per SGD-Nesterov training step (forward, backward, update) after warm-up, with
+    the model and batch on `device` (the GPU suite: "cuda", beside JAX on the same GPU)."""
     torch.manual_seed(0)
-    model = build(model_cfg, num_classes).to(memory_format=torch.channels_last).train()
+    model = build(model_cfg, num_classes).to(device, memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True,
                           weight_decay=1e-4)
-    x = torch.randn(batch, 3, image_size, image_size).to(memory_format=torch.channels_last)
-    y = torch.randint(0, num_classes, (batch,))
+    x = torch.randn(batch, 3, image_size, image_size).to(device,
+                                                          memory_format=torch.channels_last)
+    y = torch.randint(0, num_classes, (batch,)).to(device)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -162,15 +169,18 @@ def train_step_times(model_cfg: dict[str, Any], batch: int, *, warmup: int = 2, 
         loss.backward()
         opt.step()
 
-    return _time_calls(step, warmup, reps)
+    return _time_calls(step, warmup, reps, device)
 
 
 def igc_layer_times(N: int, H: int, C_in: int, C: int, L: int, M: int, stride: int, *,
-                    backward: bool, warmup: int = 1, reps: int = 5) -> list[float]:
-    """Seconds per call of one IGC layer, forward or forward+backward (grads of x and weights)."""
+                    backward: bool, warmup: int = 1, reps: int = 5,
+                    device: str = "cpu") -> list[float]:
+    """Seconds per call of one IGC layer, forward or forward+backward (grads of x and weights),
+    on `device`."""
     torch.manual_seed(0)
-    layer = IGC(C_in, C, L, M, stride).to(memory_format=torch.channels_last)
-    x = torch.randn(N, C_in, H, H).to(memory_format=torch.channels_last).requires_grad_(backward)
+    layer = IGC(C_in, C, L, M, stride).to(device, memory_format=torch.channels_last)
+    x = torch.randn(N, C_in, H, H).to(device, memory_format=torch.channels_last)
+    x.requires_grad_(backward)
 
     def call():
         if backward:
@@ -181,4 +191,4 @@ def igc_layer_times(N: int, H: int, C_in: int, C: int, L: int, M: int, stride: i
             with torch.no_grad():
                 layer(x)
 
-    return _time_calls(call, warmup, reps)
+    return _time_calls(call, warmup, reps, device)

@@ -1,6 +1,8 @@
 """Which modes the benchmark scripts time on which device."""
 from __future__ import annotations
 
+import pytest
+
 from benchmarks import gpu_fused, run
 from igc_jax.igc import layers, native
 
@@ -14,3 +16,15 @@ def test_suite_modes_match_devices():
 
 def test_gpu_script_times_no_cpu_only_mode():
     assert "native" not in gpu_fused.UNFUSED and "fused" not in gpu_fused.UNFUSED
+
+
+def test_torch_peer_runs_where_jax_runs(monkeypatch):
+    """The GPU suite's PyTorch column must time PyTorch on the GPU, not on the host."""
+    assert run.torch_device("gpu") == "cuda" and run.torch_device("cpu") == "cpu"
+    torch_peer = pytest.importorskip("benchmarks.torch_peer")
+    seen = []
+    original = torch_peer.torch.nn.Module.to
+    monkeypatch.setattr(torch_peer.torch.nn.Module, "to",
+                        lambda self, *a, **k: seen.append(a[:1]) or original(self, *a, **k))
+    torch_peer.igc_layer_times(2, 8, 8, 8, 4, 2, 1, backward=True, reps=1, device="cpu")
+    assert seen and seen[0] == ("cpu",)
