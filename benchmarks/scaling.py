@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> None:
              "IGC-L24M2+Ident. D=8": ("grouped", "native", "split"),
              "IGC-L16M16+Ident. (ImageNet, 64²)": ("grouped", "split")}
     context = ModeContext("cpu", native=True)
+    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "jax": jax.__version__,
+            "devices": jax.device_count(), "batch": args.batch}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, network_modes in modes.items():
         for mode in network_modes:
@@ -157,11 +160,10 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{name} {mode} {r['path']} {n}: {r['flops'] / 1e9:.3f} GFLOP/dev, "
                           f"{ {k: v['count'] for k, v in r['collectives'].items() if v['count']} }",
                           flush=True)
-    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "jax": jax.__version__,
-            "devices": jax.device_count(), "batch": args.batch}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(_markdown(rows, meta))
+                    # Saved after every row: a long run stopped midway keeps what it measured.
+                    args.out.with_suffix(".json").write_text(
+                        json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+                    args.out.with_suffix(".md").write_text(_markdown(rows, meta))
     print(f"wrote {args.out.with_suffix('.md')}")
 
 

@@ -92,7 +92,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint_dir: str) 
     eval_fn = jax.jit(steps.per_device(functools.partial(steps.eval_step, model=model,
                                                          axis=sharding.DATA_AXIS), mesh),
                       in_shardings=(rep, sharding.batch_sharding(mesh)), out_shardings=rep)
-    return loop.evaluate(eval_fn, state, config, mesh, stop=lambda: False)
+    return loop.evaluate(eval_fn, state, config, mesh, stop=lambda i: False)
 
 
 def main(argv) -> None:

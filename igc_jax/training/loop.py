@@ -170,12 +170,13 @@ class Profiler:
 
 # ---------------------------------------------------------------- the loop
 
-def evaluate(eval_fn, state, config, mesh, stop: Callable[[], bool]) -> dict | None:
-    """Top-1/top-5 and loss over the whole test split, exactly once; None if stopped midway."""
+def evaluate(eval_fn, state, config, mesh, stop: Callable[[int], bool]) -> dict | None:
+    """Top-1/top-5 and loss over the whole test split, exactly once; None if stopped midway
+    (`stop(i)` is asked before eval batch i: every process sees the same batch count)."""
     totals = None
-    for local in data.eval_batches(config, process_index=jax.process_index(),
-                                   process_count=jax.process_count()):
-        if stop():
+    for i, local in enumerate(data.eval_batches(config, process_index=jax.process_index(),
+                                                process_count=jax.process_count())):
+        if stop(i):
             return None
         m = eval_fn(state, sharding.global_batch(local, mesh))
         totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
@@ -278,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 out_of_time = config.max_train_seconds > 0 and time.time() - t_start > config.max_train_seconds
                 if step % eval_every == 0 or step == num_steps or out_of_time:
                     _check_finite(prev, last_saved)
-                    result = evaluate(eval_fn, state, config, mesh, lambda: sigterm(step))
+                    result = evaluate(eval_fn, state, config, mesh, sigterm)
                     if result is None:
                         save(step)
                         raise Preempted(f"preempted during evaluation: checkpoint saved at step {step}")

@@ -6,7 +6,8 @@ own shard of the batch, whatever the IGC layers' computation mode. (Under plain 
 SPMD partitioner does not partition grouped convolutions that are not depthwise-shaped, openxla/xla
 issue 47945, and would all-gather the whole batch around every IGC layer; the C++ kernels of mode
 `native` have no partitioning rule at all.) The collectives are explicit and few:
-- the gradients, flattened into one vector, are averaged once per step (one all-reduce);
+- the gradients, flattened into one vector, are summed once per step (one all-reduce; each shard
+  weights its mean loss by 1/devices, so the sum is the global batch's gradient);
 - BatchNorm (config.batch_norm="global", the default) averages its two moments over the axis in
   the forward pass and its two gradient sums in the backward pass, so 1 and N devices train the
   same network; "per_device" keeps each device's own batch statistics (the authors' multi-GPU
@@ -114,17 +115,32 @@ def mean_over(tree, axis: str | None):
     return unravel(lax.pmean(flat, axis))
 
 
+def sum_over(tree, axis: str | None):
+    """The sum of a pytree over a mesh axis as ONE all-reduce of its flattened leaves."""
+    if axis is None:
+        return tree
+    flat, unravel = ravel_pytree(tree)
+    return unravel(lax.psum(flat, axis))
+
+
 def train_step(state: TrainState, batch: dict, *, model: nn.Module, tx, schedule,
                axis: str | None = None, average_batch_stats: bool = False
                ) -> tuple[TrainState, dict]:
     """One SGD step on `batch` (this device's shard when `axis` names the mesh axis)."""
+    # Each shard's mean loss weighted 1/devices: the sum of the shards' gradients is the global
+    # batch's (equal shards), so the gradient all-reduce is a plain sum with no rescaling after
+    # it (XLA would repeat a division of the flat vector in every parameter's slice).
+    weight = 1.0 / lax.axis_size(axis) if axis is not None else 1.0
+
     def loss_fn(params):
         logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
                                       batch["image"], train=True, mutable=["batch_stats"])
-        return cross_entropy(logits, batch["label"]).mean(), (logits, updates["batch_stats"])
+        loss = cross_entropy(logits, batch["label"]).mean()
+        return weight * loss, (loss, logits, updates["batch_stats"])
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = mean_over(grads, axis)  # equal shards: the mean of the shards' mean-loss gradients
+    (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    grads = sum_over(grads, axis)  # the one gradient all-reduce of the step
     if average_batch_stats:  # per-device BatchNorm: one set of running statistics
         batch_stats = mean_over(batch_stats, axis)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
