@@ -21,19 +21,20 @@ import grain
 import numpy as np
 
 from igc_jax.data import preprocess, randomness, sources
+from igc_jax.errors import UserError
 
 READ_THREADS = 2        # threads building batches ahead of the training step
 PREFETCH_BATCHES = 4    # batches kept ready
 
 
 def _local_batch(global_batch: int, process_index: int, process_count: int, what: str) -> int:
-    """The per-process share of a global batch; ValueError when it does not split evenly."""
+    """The per-process share of a global batch; UserError when it does not split evenly."""
     if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} is not in "
+        raise UserError(f"process_index={process_index} is not in "
                          f"[0, process_count={process_count})")
     if global_batch <= 0 or global_batch % process_count:
-        raise ValueError(f"{what}={global_batch} is not a positive multiple of the "
-                         f"{process_count} processes")
+        raise UserError(f"{what}={global_batch} is not a positive multiple of the "
+                        f"{process_count} processes")
     return global_batch // process_count
 
 
