@@ -127,6 +127,11 @@ def _npz_files(directory: str, split: str) -> tuple[str, ...]:
     return files
 
 
+# What a damaged .npz raises: a bad zip directory or CRC, a bad deflate stream (zlib.error), a
+# cut file (EOFError), a bad .npy header (ValueError).
+_NPZ_ERRORS = (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error)
+
+
 def _npy_header(path: str, key: str) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of array `key` in an .npz, reading only the .npy header (cheap)."""
     try:
@@ -137,7 +142,7 @@ def _npy_header(path: str, key: str) -> tuple[tuple[int, ...], np.dtype]:
             shape, _, dtype = read_header(member)
     except KeyError:
         raise DataError(f"{path} has no array {key!r}; expected {ARRAYS_FORMAT}") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+    except _NPZ_ERRORS as e:
         raise DataError(f"cannot read {path}: {e}") from None
     return shape, dtype
 
@@ -158,11 +163,6 @@ def _npz_meta(files: Sequence[str]) -> tuple[int, tuple[int, int, int]]:
             raise DataError(f"{path}: images are {shape[1:]} but earlier files hold {image_shape}")
         total, image_shape = total + shape[0], shape[1:]
     return total, image_shape
-
-
-# What a damaged .npz raises: a bad zip directory or CRC, a bad deflate stream (zlib.error), a
-# cut file (EOFError), a bad .npy header (ValueError).
-_NPZ_ERRORS = (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error)
 
 
 def _npz_array(path: str, key: str) -> np.ndarray:
