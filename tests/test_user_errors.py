@@ -387,3 +387,51 @@ def _children(pid: int, needle: str) -> list[int]:
         if ppid == pid and needle in cmdline:
             out.append(int(entry.name))
     return out
+
+
+# ---------------------------------------------------------------- the other tools, and the schema
+
+OTHER_TOOLS = {
+    "evaluate": (["igc_jax.evaluate", f"--config={QUICKSTART}", "--checkpoint=/nonexistent/ck"],
+                 "/nonexistent/ck"),
+    "summary": (["igc_jax.summary", "--config=experiments/no_such_file.py"], "no_such_file.py"),
+    "sweep": (["igc_jax.sweep", f"--config={QUICKSTART}", "--workdir=/tmp/unused", "--dry_run"],
+              "get_sweep"),
+    "report": (["igc_jax.report", "/nonexistent/runs"], "/nonexistent/runs"),
+    "convert_mxnet": (["igc_jax.convert_mxnet", "--symbol=/nonexistent/s.json",
+                       "--params=/nonexistent/p.params", "--out=/tmp/unused"], "--symbol"),
+}
+
+
+def test_the_other_tools_report_a_user_error_as_one_line_exit_2():
+    def run(args):
+        return subprocess.run([sys.executable, "-m", *args], env=env_with_devices(1), cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+
+    with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
+        results = dict(zip(OTHER_TOOLS, pool.map(run, (a for a, _ in OTHER_TOOLS.values()))))
+    for tool, r in results.items():
+        lines = r.stderr.splitlines()
+        assert r.returncode == 2, (tool, r.returncode, r.stderr[-2000:])
+        assert len(lines) == 1 and lines[0].startswith("error: "), (tool, r.stderr[-2000:])
+        assert OTHER_TOOLS[tool][1] in lines[0], (tool, lines)
+
+
+def test_every_config_field_has_a_check_that_rejects_a_wrong_type():
+    """A field added to base_config without a check in validate.FIELDS fails here."""
+    from igc_jax.configs import base_config
+    from igc_jax.errors import UserError
+    from igc_jax.training import validate
+
+    fields = set(validate._flat_keys(base_config())) - {"model"}
+    assert fields == set(validate.FIELDS)
+    for key in sorted(fields):
+        c = tiny_config()
+        c.unlock()
+        *parents, leaf = key.split(".")
+        node = c
+        for p in parents:
+            node = node[p]
+        node._fields[leaf] = object()  # bypass ConfigDict's type lock, as a config file could
+        with pytest.raises(UserError, match=key.replace(".", r"\.")):
+            validate.validate(c)
