@@ -20,10 +20,10 @@ import numpy as np
 from etils import epath
 
 from igc_jax import data
+from igc_jax.errors import UserError
 from igc_jax.training import checkpoint as ckpt_lib
 from igc_jax.training import sharding, steps
 from igc_jax.training.metrics_log import MetricsLog
-from igc_jax.errors import UserError
 from igc_jax.training.validate import preflight, validate
 
 log = logging.getLogger(__name__)
