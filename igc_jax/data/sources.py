@@ -66,26 +66,6 @@ class Split(Protocol):
 
     def __len__(self) -> int: ...
 
-    def _read_records(self, k: int, keys: list[int]) -> list[Any]:
-        """Records `keys` of split k; an unreadable one is a DataError naming the split's files
-        and the record's index (found one by one, only once a batch has failed)."""
-        source = self._open()[k]
-        try:
-            return list(source.__getitems__(keys))
-        except Exception as batch_error:  # array_record / protobuf / decoding raise many types
-            for key in keys:
-                try:
-                    source.__getitems__([key])
-                except Exception as e:
-                    error = e
-                    break
-            else:
-                key, error = keys[0], batch_error
-            where = os.path.join(_tfds_builder(self.name, self.data_dir).data_path,
-                                 f"{self.name}-{self.splits[k]}.array_record*")
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise DataError(f"cannot read record {key} of {where}: {reason}") from None
-
     def read(self, indices: Sequence[int]) -> tuple[np.ndarray | list[np.ndarray], np.ndarray]: ...
 
 
@@ -275,6 +255,26 @@ class TfdsSplit:
                 builder = _tfds_builder(self.name, self.data_dir)
                 self._sources = [builder.as_data_source(split=s) for s in self.splits]
         return self._sources
+
+    def _read_records(self, k: int, keys: list[int]) -> list[Any]:
+        """Records `keys` of split k; an unreadable one is a DataError naming the split's files
+        and the record's index (found one by one, only once a batch has failed)."""
+        source = self._open()[k]
+        try:
+            return list(source.__getitems__(keys))
+        except Exception as batch_error:  # array_record / protobuf / decoding raise many types
+            for key in keys:
+                try:
+                    source.__getitems__([key])
+                except Exception as e:
+                    error = e
+                    break
+            else:
+                key, error = keys[0], batch_error
+            where = os.path.join(_tfds_builder(self.name, self.data_dir).data_path,
+                                 f"{self.name}-{self.splits[k]}.array_record*")
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise DataError(f"cannot read record {key} of {where}: {reason}") from None
 
     def read(self, indices: Sequence[int]) -> tuple[np.ndarray | list[np.ndarray], np.ndarray]:
         indices = np.asarray(indices, dtype=np.int64)
