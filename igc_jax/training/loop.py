@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import signal
 import time
 from typing import Any, Callable
