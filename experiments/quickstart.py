@@ -6,10 +6,11 @@ Hardware: any CPU (2 cores suffice). Data: scikit-learn's bundled 8×8 digits (1
 10 classes), nothing to download. Expected: ≥ 95% test top-1 (the CI end-to-end test checks it).
 The network is the paper's CIFAR IGC layout (spec §2) at width L·M = 16 on 8×8 inputs.
 """
-from igc_jax.configs import base_config
+from igc_jax.configs import base_config, no_argument
 
 
 def get_config(arg: str | None = None):
+    no_argument("experiments/quickstart.py", arg)
     c = base_config()
     c.model.name = "cifar_igc"
     c.model.depth = 8

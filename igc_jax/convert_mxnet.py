@@ -7,12 +7,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Sequence
 
+from igc_jax.errors import UserError, fail
 from igc_jax.mxnet import convert
 from igc_jax.mxnet import format as mxnet_format
+
+
+def _read_json(path: Path, flag: str) -> dict:
+    """A JSON file given by `flag`; a missing or malformed one is a UserError naming it."""
+    try:
+        return json.loads(path.read_text())
+    except OSError as e:
+        raise UserError(f"{flag}: cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise UserError(f"{flag}: {path} is not JSON: {e}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -24,13 +34,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="new output directory")
     args = parser.parse_args(argv)
     try:
-        symbol = json.loads(args.symbol.read_text())
+        symbol = _read_json(args.symbol, "--symbol")
+        if not args.params.is_file():
+            raise UserError(f"--params: {args.params} is not a file")
+        from igc_jax.training.validate import check_workdir
+        check_workdir(str(args.out), "--out")
         variables, converted = convert.convert_model(symbol, mxnet_format.load_params(args.params))
         out = convert.save_converted(args.out, variables, converted,
-                             {"symbol": args.symbol.name, "params": args.params.name})
-    except (ValueError, OSError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        sys.exit(2)
+                                     {"symbol": args.symbol.name, "params": args.params.name})
+    except UserError as e:  # anything else is a bug: its traceback, exit 1
+        fail(str(e))
     import jax
     count = sum(a.size for a in jax.tree.leaves(variables["params"]))
     info = convert.load_converted_info(out)

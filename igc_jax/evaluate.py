@@ -19,6 +19,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from igc_jax.errors import UserError, fail, parse_absl_flags
+
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py[:arg]).",
                                 lock_config=True)
 flags.DEFINE_string("checkpoint", None, "Directory written by `python -m igc_jax.convert_mxnet`.")
@@ -39,9 +41,9 @@ def check_fits(variables: dict, abstract: dict) -> None:
     have, want = _shapes(variables), _shapes(abstract)
     for path in sorted(set(have) | set(want)):
         if have.get(path) != want.get(path):
-            raise ValueError(f"the checkpoint does not fit the config's model: {path} is "
-                             f"{have.get(path, 'absent')} in the checkpoint, "
-                             f"{want.get(path, 'absent')} in the model")
+            raise UserError(f"the checkpoint does not fit the config's model: {path} is "
+                            f"{have.get(path, 'absent')} in the checkpoint, "
+                            f"{want.get(path, 'absent')} in the model")
 
 
 def warn_normalization(config: ml_collections.ConfigDict, info: dict) -> None:
@@ -72,8 +74,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint_dir: str) 
     validate(config)
     info = convert_mxnet.load_converted_info(checkpoint_dir)
     if info["num_classes"] != config.dataset.num_classes:
-        raise ValueError(f"the checkpoint has {info['num_classes']} classes, the config "
-                         f"{config.dataset.num_classes}")
+        raise UserError(f"the checkpoint has {info['num_classes']} classes, the config "
+                        f"{config.dataset.num_classes}")
     warn_normalization(config, info)
     variables = convert_mxnet.load_converted(checkpoint_dir)
     model = steps.make_model(config)
@@ -99,9 +101,8 @@ def main(argv) -> None:
     del argv
     try:
         result = evaluate_checkpoint(FLAGS.config, FLAGS.checkpoint)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        sys.exit(2)
+    except UserError as e:  # anything else is a bug: its traceback, exit 1
+        fail(str(e))
     result.update(top1_error=1.0 - result["top1"], top5_error=1.0 - result["top5"])
     print(f"{FLAGS.config.dataset.name}: {result['count']} images, "
           f"top-1 {100 * result['top1']:.2f}% (error {100 * result['top1_error']:.2f}%), "
@@ -110,4 +111,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_absl_flags)

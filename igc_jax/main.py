@@ -1,7 +1,8 @@
 """Train and evaluate a config: `python -m igc_jax.main --config=experiments/<file>.py --workdir=<dir>`.
 
-Thin on purpose: the logic lives in `igc_jax.train`. Exit status: 0 done or preempted (resume by
-running the same command), 1 diverged, 2 bad input (a one-line error, no traceback).
+Thin on purpose: the logic lives in `igc_jax.training`. Exit status: 0 done or preempted (resume
+by running the same command), 2 bad input (an `igc_jax.errors.UserError`: one line on stderr, no
+traceback), 1 diverged (one line) or a bug (any other exception, with its full traceback).
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from igc_jax.errors import UserError, fail, parse_absl_flags
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py[:arg]).",
                                 lock_config=True)
@@ -30,21 +33,20 @@ def initialize_distributed() -> None:
     import jax
     if FLAGS.coordinator_address:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+    elif (int(os.environ.get("SLURM_NTASKS", "1")) > 1
+          or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")):
         jax.distributed.initialize()
-
-
-def fail(message: str, code: int) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
 
 
 def main(argv) -> None:
     del argv
-    from igc_jax.training import loop as train  # after flag parsing, so --helpfull stays fast
+    # After flag parsing, so --helpfull stays fast.
+    from igc_jax.training import loop as train
+    from igc_jax.training.validate import check_distributed_flags
     logging.getLogger("absl").setLevel(logging.WARNING)
-    initialize_distributed()
     try:
+        check_distributed_flags(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        initialize_distributed()
         status = train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
                                           allow_config_change=FLAGS.allow_config_change)
     except train.Preempted as e:
@@ -52,8 +54,8 @@ def main(argv) -> None:
         sys.exit(0)
     except train.Diverged as e:
         fail(str(e), 1)
-    except (ValueError, FileNotFoundError) as e:
-        fail(str(e).splitlines()[0], 2)
+    except UserError as e:  # anything else is a bug: its traceback, exit 1
+        fail(str(e))
     print(summary_line(status))
 
 
@@ -66,12 +68,7 @@ def summary_line(status: dict) -> str:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with bad flags, overrides and config files as one-line errors (exit 2)."""
-    try:
-        return FLAGS(argv)
-    except Exception as e:  # flags.Error, or whatever a config file's get_config raised
-        lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
-        # A config file's own error is the last line of the traceback absl puts in the message.
-        fail(lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}", 2)
+    return parse_absl_flags(argv)
 
 
 def run() -> None:

@@ -25,6 +25,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from igc_jax import errors
+from igc_jax.errors import UserError
+
 RUN_FILES = ("config.json", "status.json", "metrics.jsonl")
 PLOTS = ("accuracy_vs_params.png", "accuracy_vs_macs.png", "params_macs.png", "training_curves.png")
 
@@ -95,14 +98,14 @@ def find_runs(paths: Iterable[str]) -> list[str]:
     for p in paths:
         path = _epath(p)
         if not path.is_dir():
-            raise ValueError(f"{p}: no such directory")
+            raise UserError(f"{p}: no such directory")
         if is_run_dir(path):
             found.append(str(path))
             continue
         subs = sorted(str(s) for s in path.iterdir() if s.is_dir() and is_run_dir(s))
         if not subs:
-            raise ValueError(f"{p}: neither a run workdir (no {', '.join(RUN_FILES)}) "
-                             "nor a sweep root")
+            raise UserError(f"{p}: neither a run workdir (no {', '.join(RUN_FILES)}) "
+                            "nor a sweep root")
         found += subs
     return found
 
@@ -370,9 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         runs, md = make_report(args.workdirs, args.out or default_out(args.workdirs))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:  # anything else is a bug: its traceback, exit 1
+        return errors.report(str(e))
     print(f"{len(runs)} runs → {md}")
     return 0
 

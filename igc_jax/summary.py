@@ -26,6 +26,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from igc_jax import models
+from igc_jax.errors import fail, parse_absl_flags, reports_user_errors
 from igc_jax.igc.layers import BatchNorm, IGCConv
 
 # Spec §3: the paper's ImageNet table, (#params in millions, FLOPs in G) per network.
@@ -226,7 +227,7 @@ def main(argv) -> None:
         print(paper_table())
         return
     if FLAGS.config is None:
-        raise app.UsageError("give --config=<experiment file>[:arg] or --paper")
+        fail("give --config=<experiment file>[:arg] or --paper")
     rows, total = summarize(FLAGS.config)
     if FLAGS.json:
         print(json.dumps(total))
@@ -243,4 +244,4 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    app.run(reports_user_errors(main), flags_parser=parse_absl_flags)

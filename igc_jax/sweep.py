@@ -28,7 +28,8 @@ from types import ModuleType
 
 import ml_collections
 
-from igc_jax import configs
+from igc_jax import configs, errors
+from igc_jax.errors import UserError
 
 FINISHED = "finished"
 # Names become directory names, `--only` items and the `:arg` of `--config=file:arg`.
@@ -52,26 +53,26 @@ def apply_overrides(config: ml_collections.ConfigDict,
         for depth, part in enumerate(parents):
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
                 missing = ".".join(parents[:depth + 1])
-                raise ValueError(f"override {key!r}: the config has no field {missing!r}")
+                raise UserError(f"override {key!r}: the config has no field {missing!r}")
             node = node[part]
         if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-            raise ValueError(f"override {key!r}: the config has no field {key!r}")
+            raise UserError(f"override {key!r}: the config has no field {key!r}")
         is_tree = isinstance(value, (Mapping, ml_collections.ConfigDict))
         node[leaf] = ml_collections.ConfigDict(dict(value)) if is_tree else value
     return config
 
 
 def check_points(points: Sequence[Point]) -> None:
-    """Names unique and usable as directory names; raise a one-line ValueError otherwise."""
+    """Names unique and usable as directory names; raise a one-line UserError otherwise."""
     seen = set()
     for name, overrides in points:
         if not _NAME.match(name):
-            raise ValueError(f"sweep point name {name!r} must match {_NAME.pattern}")
+            raise UserError(f"sweep point name {name!r} must match {_NAME.pattern}")
         if name in seen:
-            raise ValueError(f"sweep point name {name!r} appears twice")
+            raise UserError(f"sweep point name {name!r} appears twice")
         if not isinstance(overrides, Mapping):
-            raise ValueError(f"sweep point {name!r}: overrides must be a dict, "
-                             f"got {type(overrides).__name__}")
+            raise UserError(f"sweep point {name!r}: overrides must be a dict, "
+                            f"got {type(overrides).__name__}")
         seen.add(name)
 
 
@@ -83,14 +84,14 @@ def point_config(base: ml_collections.ConfigDict, points: Sequence[Point], name:
         return copy.deepcopy(base)
     by_name = dict(points)
     if name not in by_name:
-        raise ValueError(f"unknown sweep point {name!r}; valid: {', '.join(n for n, _ in points)}")
+        raise UserError(f"unknown sweep point {name!r}; valid: {', '.join(n for n, _ in points)}")
     return apply_overrides(base, by_name[name])
 
 
 def load_sweep_module(path: str) -> ModuleType:
     module = configs.load_config_module(path)
     if not hasattr(module, "get_sweep"):
-        raise ValueError(f"{path} defines no get_sweep(); it is not a sweep file")
+        raise UserError(f"{path} defines no get_sweep(); it is not a sweep file")
     return module
 
 
@@ -107,7 +108,7 @@ def select_points(points: Sequence[Point], only: Sequence[str] | None) -> list[P
     names = [n for n, _ in points]
     unknown = [n for n in only if n not in names]
     if unknown:
-        raise ValueError(f"unknown sweep point(s) {', '.join(unknown)}; valid: {', '.join(names)}")
+        raise UserError(f"unknown sweep point(s) {', '.join(unknown)}; valid: {', '.join(names)}")
     return [p for p in points if p[0] in only]
 
 
@@ -148,8 +149,8 @@ def check_overrides(overrides: Sequence[str]) -> None:
     """Only `--config.<field>=<value>` flags are passed through to every point."""
     for flag in overrides:
         if not re.match(r"^--config\.[A-Za-z_][\w.]*=", flag):
-            raise ValueError(f"unexpected argument {flag!r}; pass-through overrides look like "
-                             "--config.field=value")
+            raise UserError(f"unexpected argument {flag!r}; pass-through overrides look like "
+                            "--config.field=value")
 
 
 def run_sweep(config_path: str, root: str, *, only: Sequence[str] | None = None,
@@ -209,9 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         outcome = run_sweep(args.config, args.workdir, only=only, overrides=overrides,
                             dry_run=args.dry_run)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:  # anything else is a bug: its traceback, exit 1
+        return errors.report(str(e))
     if not args.dry_run:
         print("[sweep] " + ", ".join(f"{n}: {o}" for n, o in outcome.items()))
     return 0 if all(o in ("printed", "skipped", "ran") for o in outcome.values()) else 1

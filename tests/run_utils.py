@@ -68,16 +68,42 @@ def status(workdir: Path) -> dict:
     return json.loads((workdir / "status.json").read_text())
 
 
-def final_params(workdir: Path) -> dict:
-    """The parameters of the newest checkpoint, as numpy, without a target tree (1 device)."""
+def final_state(workdir: Path, step: int | None = None) -> dict:
+    """The whole saved state of the newest checkpoint (or of `step`), as numpy, without a target
+    tree (1 device): {"step", "state": {step, params, batch_stats, opt_state}, "data": iterator
+    state}."""
     import jax
     import orbax.checkpoint as ocp
-    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    path = workdir / "checkpoints" / str(steps[-1]) / "state"
+    if step is None:
+        step = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    path = workdir / "checkpoints" / str(step) / "state"
     ckptr = ocp.StandardCheckpointer()
     meta = ckptr.metadata(path)
     tree = getattr(meta, "item_metadata", meta)
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), tree)
-    restored = ckptr.restore(path, target)
-    return {"step": steps[-1], "params": jax.device_get(restored["params"])}
+    restored = jax.device_get(ckptr.restore(path, target))
+    data_state = json.loads((workdir / "checkpoints" / str(step) / "data" / "metadata").read_text())
+    return {"step": step, "state": restored, "data": data_state}
+
+
+def final_params(workdir: Path) -> dict:
+    """The parameters of the newest checkpoint, as numpy, without a target tree (1 device)."""
+    full = final_state(workdir)
+    return {"step": full["step"], "params": full["state"]["params"]}
+
+
+def state_differences(a: dict, b: dict) -> list[str]:
+    """Paths of the leaves where two `final_state`s differ (bit for bit), and the data position;
+    empty when the whole state is identical."""
+    import jax
+    out = [] if a["data"] == b["data"] and a["step"] == b["step"] else [
+        f"step/data: {a['step']} {a['data']} vs {b['step']} {b['data']}"]
+    flat_a = dict(jax.tree_util.tree_flatten_with_path(a["state"])[0])
+    flat_b = dict(jax.tree_util.tree_flatten_with_path(b["state"])[0])
+    if flat_a.keys() != flat_b.keys():
+        return out + ["the trees differ in structure"]
+    for path, x in flat_a.items():
+        if not np.array_equal(np.asarray(x), np.asarray(flat_b[path])):
+            out.append(jax.tree_util.keystr(path))
+    return out

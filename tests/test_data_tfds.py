@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +168,17 @@ def test_tfds_errors_are_one_line(tfds_dir, tmp_path):
     config.dataset.num_classes = 100
     with pytest.raises(data.DataError, match="10 classes but dataset.num_classes=100"):
         data.dataset_info(config.dataset)
+
+
+def test_an_unreadable_record_is_one_line_naming_the_files_and_the_index(tfds_dir, tmp_path):
+    copy = tmp_path / "tfds"
+    shutil.copytree(tfds_dir, copy)
+    (record_file,) = [p for p in copy.rglob("cifar10-train.array_record*") if p.is_file()]
+    raw = bytearray(record_file.read_bytes())
+    middle = len(raw) // 2
+    raw[middle:middle + 64] = bytes(64)  # zero a stretch inside the records
+    record_file.write_bytes(bytes(raw))
+    split = sources.open_split(_config("cifar10", copy).dataset, "train")
+    with pytest.raises(data.DataError, match=r"cannot read record \d+ of .*cifar10-train") as e:
+        split.read(np.arange(len(split)))
+    assert "\n" not in str(e.value)

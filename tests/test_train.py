@@ -14,8 +14,8 @@ import pytest
 
 from igc_jax.training import loop as train
 from igc_jax.training import steps
-from run_utils import (TINY, env_with_devices, final_params, free_port, main_cmd, run_main,
-                       status, tiny_config, train_losses, ROOT)
+from run_utils import (ROOT, TINY, env_with_devices, final_params, final_state, free_port,
+                       main_cmd, run_main, status, tiny_config, train_losses)
 
 
 def test_cifar_schedule_decays_at_half_three_quarters_seven_eighths():
@@ -98,13 +98,26 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, monk
 
 
 def test_checkpoint_from_eight_devices_restores_on_one(tmp_path, eight_device_run):
+    """The values restored on one device are those saved on eight (checked against a 1-device
+    run of the same steps, to the 8-vs-1-device reduction tolerance), and training continues
+    from them as the 1-device run, resumed the same way, does."""
+    ref = tmp_path / "ref"
+    train.train_and_evaluate(tiny_config(num_train_steps=5), str(ref))
+    expected = final_state(ref)
+    train.train_and_evaluate(tiny_config(num_train_steps=7), str(ref))
     wd = tmp_path / "run"
     shutil.copytree(eight_device_run, wd)
-    saved = final_params(wd)
-    assert saved["step"] == 5 and jax.device_count() == 1
+    saved = final_state(wd)
+    assert saved["step"] == 5 and saved["data"] == expected["data"] == {"step": 5}
+    assert jax.device_count() == 1
+    close = lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    jax.tree.map(close, saved["state"], expected["state"])
     st = train.train_and_evaluate(tiny_config(num_train_steps=7), str(wd))
     assert st["status"] == "finished" and st["step"] == 7
-    assert len(train_losses(wd)) == 7  # steps 1–5 on 8 devices, 6–7 after the restore on 1
+    losses = train_losses(wd)
+    assert len(losses) == 7  # steps 1–5 on 8 devices, 6–7 after the restore on 1
+    np.testing.assert_allclose(losses, train_losses(ref), rtol=1e-5)
+    jax.tree.map(close, final_state(wd)["state"], final_state(ref)["state"])
 
 
 @pytest.mark.slow

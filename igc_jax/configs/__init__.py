@@ -1,7 +1,8 @@
 """The config schema shared by every experiment and the spec §4 recipes; pure Python (no JAX).
 
 Validation needs the model and data code, so it happens where a run starts
-(`igc_jax.training.validate`), still before anything compiles.
+(`igc_jax.training.validate`, every field), still before anything compiles. Errors in the user's
+input are `igc_jax.errors.UserError`s.
 
 An experiment file in `experiments/` calls `base_config()` and sets what differs. Fields:
 
@@ -26,6 +27,9 @@ An experiment file in `experiments/` calls `base_config()` and sets what differs
   conv_mode                 IGC computation mode: `auto`, a key of igc_jax.igc.modes.MODES, or
                             `fused`
   log_every_steps, eval_every_steps (0: every epoch), checkpoint_every_steps, keep_checkpoints
+  batch_norm                BatchNorm statistics over the "global" batch or "per_device"
+  sigterm_check_every_steps how often (in steps) the loop looks for a SIGTERM
+  profile_steps             "" (no profile) or "START:STOP", the steps to trace
   max_train_seconds         stop (with a checkpoint) after this much training time; 0: no limit
   batch_norm                "global": statistics over the global batch (1 and N devices train the
                             same network) | "per_device": each device's own (the authors' multi-GPU
@@ -42,6 +46,7 @@ from types import ModuleType
 import ml_collections
 
 from igc_jax.configs import networks
+from igc_jax.errors import UserError
 
 LR_SCHEDULES = ("cifar", "imagenet", "constant")
 DTYPES = ("float32", "bfloat16")
@@ -126,7 +131,7 @@ def imagenet_recipe(network: str) -> ml_collections.ConfigDict:
 def no_argument(path: str, arg: str | None) -> None:
     """Experiment files that take no `:arg` refuse one with a one-line error."""
     if arg:
-        raise ValueError(f"{path} takes no argument, got {arg!r}")
+        raise UserError(f"{path} takes no argument, got {arg!r}")
 
 
 def load_config_module(path: str | os.PathLike) -> ModuleType:
@@ -134,10 +139,10 @@ def load_config_module(path: str | os.PathLike) -> ModuleType:
     (sweep files use it to start from a per-network file, tests and benchmarks to read one)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"config file {path!r} not found")
+        raise UserError(f"config file {path!r} not found")
     spec = importlib.util.spec_from_file_location(f"_igc_config_{abs(hash(path))}", path)
     if spec is None or spec.loader is None:
-        raise ValueError(f"cannot load config file {path!r}")
+        raise UserError(f"cannot load config file {path!r}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -10,6 +10,8 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from igc_jax.errors import UserError
+
 # Spec §3's table, keyed by the paper's network names.
 IMAGENET_NETWORKS: dict[str, dict[str, Any]] = {
     "ResNet (C=64)": dict(name="imagenet_resnet18", stem_width=64, widths=(64, 128, 256, 512)),
@@ -36,8 +38,8 @@ IMAGENET_EXPERIMENTS: dict[str, str] = {
 def imagenet_model(network: str) -> ml_collections.ConfigDict:
     """The model config of one of spec §3's networks, by the paper's name."""
     if network not in IMAGENET_NETWORKS:
-        raise ValueError(f"unknown ImageNet network {network!r}; choose from "
-                         f"{', '.join(IMAGENET_NETWORKS)}")
+        raise UserError(f"unknown ImageNet network {network!r}; choose from "
+                        f"{', '.join(IMAGENET_NETWORKS)}")
     return ml_collections.ConfigDict(IMAGENET_NETWORKS[network])
 
 
@@ -55,10 +57,10 @@ def cifar_model(arg: str) -> ml_collections.ConfigDict:
     """
     tokens = [t.strip() for t in (arg or "").split(",") if t.strip()]
     if not tokens:
-        raise ValueError("empty CIFAR network string; expected e.g. 'L24M2,D20' or 'W16,D20,ident'")
+        raise UserError("empty CIFAR network string; expected e.g. 'L24M2,D20' or 'W16,D20,ident'")
     net = _NET_TOKEN.match(tokens[0])
     if net is None:
-        raise ValueError(f"CIFAR network {tokens[0]!r} is neither W<width> nor L<x>M<y>")
+        raise UserError(f"CIFAR network {tokens[0]!r} is neither W<width> nor L<x>M<y>")
     depth, flags = None, set()
     for token in tokens[1:]:
         if (match := _DEPTH_TOKEN.match(token)) is not None:
@@ -66,15 +68,15 @@ def cifar_model(arg: str) -> ml_collections.ConfigDict:
         elif token.lower() in _FLAGS:
             flags.add(_FLAGS[token.lower()])
         else:
-            raise ValueError(f"unknown token {token!r} in CIFAR network string {arg!r}; expected "
-                             f"D<depth>, {', '.join(_FLAGS)}")
+            raise UserError(f"unknown token {token!r} in CIFAR network string {arg!r}; expected "
+                            f"D<depth>, {', '.join(_FLAGS)}")
     if depth is None:
-        raise ValueError(f"CIFAR network string {arg!r} has no depth token D<depth>")
+        raise UserError(f"CIFAR network string {arg!r} has no depth token D<depth>")
     residual = "residual" in flags
     if net["width"] is not None:
         if igc_only := sorted(t for t, f in _FLAGS.items() if f in flags and f != "residual"):
-            raise ValueError(f"{', '.join(igc_only)} only applies to IGC networks (L<x>M<y>), "
-                             f"not RegConv ({arg!r})")
+            raise UserError(f"{', '.join(igc_only)} only applies to IGC networks (L<x>M<y>), "
+                            f"not RegConv ({arg!r})")
         return ml_collections.ConfigDict(dict(name="cifar_regconv", depth=depth,
                                               width=int(net["width"]), residual=residual))
     return ml_collections.ConfigDict(dict(

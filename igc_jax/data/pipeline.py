@@ -13,6 +13,7 @@ Evaluation walks the split in order; the global batches past its end are padded 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from typing import Any, Iterator
@@ -21,19 +22,20 @@ import grain
 import numpy as np
 
 from igc_jax.data import preprocess, randomness, sources
+from igc_jax.errors import UserError
 
 READ_THREADS = 2        # threads building batches ahead of the training step
 PREFETCH_BATCHES = 4    # batches kept ready
 
 
 def _local_batch(global_batch: int, process_index: int, process_count: int, what: str) -> int:
-    """The per-process share of a global batch; ValueError when it does not split evenly."""
+    """The per-process share of a global batch; UserError when it does not split evenly."""
     if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} is not in "
+        raise UserError(f"process_index={process_index} is not in "
                          f"[0, process_count={process_count})")
     if global_batch <= 0 or global_batch % process_count:
-        raise ValueError(f"{what}={global_batch} is not a positive multiple of the "
-                         f"{process_count} processes")
+        raise UserError(f"{what}={global_batch} is not a positive multiple of the "
+                        f"{process_count} processes")
     return global_batch // process_count
 
 
@@ -124,6 +126,29 @@ def _prefetched(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
     return it
 
 
+@contextlib.contextmanager
+def _worker_deaths_reported(num_workers: int, what: str, split: sources.Split) -> Iterator[None]:
+    """A grain worker process that died (killed, out of memory) as a one-line DataError naming
+    the batch; an exception raised inside a worker keeps its own type (a DataError stays one)."""
+    try:
+        yield
+    except RuntimeError as e:
+        if num_workers > 0 and "Worker process was terminated" in str(e):
+            detail = str(e).split(".")[0]
+            raise sources.DataError(
+                f"a data worker process died while reading {what} of {_describe(split)} "
+                f"({detail}); start the run again to resume from its last checkpoint, or set "
+                "dataset.num_workers=0 to read in the training process") from None
+        raise
+
+
+def _describe(split: sources.Split) -> str:
+    files = getattr(getattr(split, "load", None), "args", None)  # arrays: (files, num_classes)
+    if files:
+        return ", ".join(files[0])
+    return getattr(split, "name", type(split).__name__)
+
+
 class TrainIterator:
     """Infinite iterator of this process's training batches; its state is the next step."""
 
@@ -146,7 +171,9 @@ class TrainIterator:
         if self._iter is None:
             steps = grain.MapDataset.range(self._step, sys.maxsize)
             self._iter = iter(_prefetched(steps.map(self.batches), self.num_workers))
-        batch = next(self._iter)
+        with _worker_deaths_reported(self.num_workers, f"training batch {self._step}",
+                                     self.batches.split):
+            batch = next(self._iter)
         self._step += 1
         return batch
 
@@ -183,4 +210,13 @@ def eval_batches(config: Any, *, process_index: int, process_count: int,
     batches = EvalBatches(sources.open_split(config.dataset, split), preprocessing(config.dataset),
                           info.image_shape, config.eval_batch_size, process_index, process_count)
     steps = grain.MapDataset.range(batches.num_batches)
-    return iter(_prefetched(steps.map(batches), int(config.dataset.get("num_workers", 0))))
+    num_workers = int(config.dataset.get("num_workers", 0))
+    return _eval_batches(iter(_prefetched(steps.map(batches), num_workers)), batches, num_workers)
+
+
+def _eval_batches(it: Iterator[dict[str, np.ndarray]], batches: EvalBatches,
+                  num_workers: int) -> Iterator[dict[str, np.ndarray]]:
+    for b in range(batches.num_batches):
+        with _worker_deaths_reported(num_workers, f"evaluation batch {b}", batches.split):
+            batch = next(it)
+        yield batch

@@ -13,11 +13,13 @@ import glob
 import os
 import threading
 import zipfile
+import zlib
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
 from igc_jax.data import preprocess
+from igc_jax.errors import UserError
 
 # config.dataset.name → (TFDS splits concatenated for training, TFDS split for evaluation).
 TFDS_SPLITS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -43,8 +45,9 @@ ARRAYS_FORMAT = ("a folder of train*.npz and test*.npz, each with 'image' (uint8
                  "and 'label' (integers in [0, num_classes))")
 
 
-class DataError(ValueError):
-    """A data set that is missing, unreadable or inconsistent with the config (one-line message)."""
+class DataError(UserError):
+    """A data set that is missing, unreadable or inconsistent with the config (one-line message
+    naming the file and, where one is at fault, the index)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +107,11 @@ def _npz_files(directory: str, split: str) -> tuple[str, ...]:
     return files
 
 
+# What a damaged .npz raises: a bad zip directory or CRC, a bad deflate stream (zlib.error), a
+# cut file (EOFError), a bad .npy header (ValueError).
+_NPZ_ERRORS = (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error)
+
+
 def _npy_header(path: str, key: str) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of array `key` in an .npz, reading only the .npy header (cheap)."""
     try:
@@ -114,7 +122,7 @@ def _npy_header(path: str, key: str) -> tuple[tuple[int, ...], np.dtype]:
             shape, _, dtype = read_header(member)
     except KeyError:
         raise DataError(f"{path} has no array {key!r}; expected {ARRAYS_FORMAT}") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+    except _NPZ_ERRORS as e:
         raise DataError(f"cannot read {path}: {e}") from None
     return shape, dtype
 
@@ -137,24 +145,46 @@ def _npz_meta(files: Sequence[str]) -> tuple[int, tuple[int, int, int]]:
     return total, image_shape
 
 
+def _npz_array(path: str, key: str) -> np.ndarray:
+    """Array `key` of an .npz, any damage as a DataError naming the file and the array."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z[key]
+    except KeyError:
+        raise DataError(f"{path} has no array {key!r}; expected {ARRAYS_FORMAT}") from None
+    except _NPZ_ERRORS as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"cannot read array {key!r} of {path}: {reason}") from None
+
+
+def _check_label_range(path: str, labels: np.ndarray, num_classes: int) -> None:
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        index = int(np.argmax(bad))
+        raise DataError(f"{path}: label {labels[index]} at index {index} is outside "
+                        f"[0, {num_classes}) (dataset.num_classes={num_classes})")
+
+
 @functools.lru_cache(maxsize=4)
 def load_npz(files: tuple[str, ...], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate the files' images and labels (in name order), checking the label range."""
     images, labels = [], []
     for path in files:
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                images.append(z["image"])
-                labels.append(z["label"])
-        except KeyError as e:
-            raise DataError(f"{path} has no array {e}; expected {ARRAYS_FORMAT}") from None
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-            raise DataError(f"cannot read {path}: {e}") from None
-        bad = (labels[-1] < 0) | (labels[-1] >= num_classes)
-        if bad.any():
-            raise DataError(f"{path}: label {labels[-1][bad][0]} at index {int(np.argmax(bad))} is "
-                            f"outside [0, {num_classes}) (dataset.num_classes={num_classes})")
+        images.append(_npz_array(path, "image"))
+        labels.append(_npz_array(path, "label"))
+        _check_label_range(path, labels[-1], num_classes)
     return np.concatenate(images), np.concatenate(labels).astype(np.int32)
+
+
+def check_labels(dataset_cfg: Any) -> None:
+    """Labels in [0, dataset.num_classes) before training starts, where they are cheap to read
+    apart from the images (the .npz 'label' arrays); TFDS records are checked as they are read."""
+    if dataset_cfg.name != "arrays":
+        return
+    directory = _arrays_dir(dataset_cfg)
+    for split in SPLITS:
+        for path in _npz_files(directory, split):
+            _check_label_range(path, _npz_array(path, "label"), dataset_cfg.num_classes)
 
 
 def _arrays_dir(dataset_cfg: Any) -> str:
@@ -226,6 +256,26 @@ class TfdsSplit:
                 self._sources = [builder.as_data_source(split=s) for s in self.splits]
         return self._sources
 
+    def _read_records(self, k: int, keys: list[int]) -> list[Any]:
+        """Records `keys` of split k; an unreadable one is a DataError naming the split's files
+        and the record's index (found one by one, only once a batch has failed)."""
+        source = self._open()[k]
+        try:
+            return list(source.__getitems__(keys))
+        except Exception as batch_error:  # array_record / protobuf / decoding raise many types
+            for key in keys:
+                try:
+                    source.__getitems__([key])
+                except Exception as e:
+                    error = e
+                    break
+            else:
+                key, error = keys[0], batch_error
+            where = os.path.join(_tfds_builder(self.name, self.data_dir).data_path,
+                                 f"{self.name}-{self.splits[k]}.array_record*")
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise DataError(f"cannot read record {key} of {where}: {reason}") from None
+
     def read(self, indices: Sequence[int]) -> tuple[np.ndarray | list[np.ndarray], np.ndarray]:
         indices = np.asarray(indices, dtype=np.int64)
         part = np.searchsorted(self._offsets, indices, side="right") - 1
@@ -233,7 +283,7 @@ class TfdsSplit:
         for k in np.unique(part):
             where = np.flatnonzero(part == k)
             keys = (indices[where] - self._offsets[k]).tolist()
-            for i, record in zip(where, self._open()[k].__getitems__(keys)):
+            for i, record in zip(where, self._read_records(int(k), keys)):
                 records[i] = record
         images = [r["image"] for r in records]
         labels = np.asarray([r["label"] for r in records], dtype=np.int32)

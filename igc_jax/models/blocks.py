@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from igc_jax.igc.layers import BatchNorm, IGCConv, PointwiseConv, he_normal, same_padding
 from igc_jax.igc.select import ModeContext
+from igc_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +100,7 @@ def is_positive_int(value: Any) -> bool:
 
 
 def check_positive_ints(**values: Any) -> None:
-    """ValueError naming the first field that breaks `is_positive_int`."""
+    """UserError naming the first field that breaks `is_positive_int`."""
     for key, value in values.items():
         if not is_positive_int(value):
-            raise ValueError(f"model.{key} must be a positive integer, got {value!r}")
+            raise UserError(f"model.{key} must be a positive integer, got {value!r}")

@@ -18,7 +18,7 @@ and fills every variable:
     FullyConnected weight (classes, C), bias  → classifier kernel (C, classes), bias
 
 Every array of the params file must be used exactly once with the shape the symbol implies, and
-every variable of the network must receive one; anything else is a one-line ValueError naming the
+every variable of the network must receive one; anything else is a one-line UserError naming the
 layer. Strides, padding, pooling and BatchNorm epsilon are checked against the igc-jax network too.
 
 Output directory layout (`save_converted` / `load_converted`):
@@ -47,6 +47,7 @@ import numpy as np
 
 from igc_jax.configs.networks import IMAGENET_EXPERIMENTS, IMAGENET_NETWORKS
 from igc_jax.mxnet import format as mxnet_format
+from igc_jax.errors import UserError
 
 # The authors' ImageNet input normalisation (train_imagenet.py, fb_mean=False), 0–255 RGB.
 RELEASED_PREPROCESSING = {
@@ -184,7 +185,7 @@ class _Graph:
             self.nodes = symbol["nodes"]
             self.head = symbol["heads"][0][0]
         except (KeyError, IndexError, TypeError):
-            raise ValueError("symbol: not an MXNet symbol JSON (needs 'nodes' and 'heads')") \
+            raise UserError("symbol: not an MXNet symbol JSON (needs 'nodes' and 'heads')") \
                 from None
         self.channels: list[int | None] = []
         for i, node in enumerate(self.nodes):
@@ -215,8 +216,8 @@ class _Graph:
 
     def expect(self, i: int, ops: Sequence[str], what: str) -> int:
         if self.op(i) not in ops:
-            raise ValueError(f"symbol: {what}: node {self.name(i)!r} is {self.op(i)}, expected "
-                             f"{' or '.join(ops)}")
+            raise UserError(f"symbol: {what}: node {self.name(i)!r} is {self.op(i)}, expected "
+                            f"{' or '.join(ops)}")
         return i
 
     def conv(self, i: int) -> Conv:
@@ -224,12 +225,12 @@ class _Graph:
         a, ins = self.attrs(i), self.inputs(i)
         name = self.name(i)
         if not _bool(a.get("no_bias", "False")):
-            raise ValueError(f"symbol: convolution {name!r} has a bias; igc-jax's convs have none")
+            raise UserError(f"symbol: convolution {name!r} has a bias; igc-jax's convs have none")
         if _ints(a.get("dilate", "(1,1)")) not in ((1, 1), (1,), ()):
-            raise ValueError(f"symbol: convolution {name!r} is dilated ({a['dilate']})")
+            raise UserError(f"symbol: convolution {name!r} is dilated ({a['dilate']})")
         c_in = self.channels[ins[0]]
         if c_in is None:
-            raise ValueError(f"symbol: cannot tell the input channels of convolution {name!r}")
+            raise UserError(f"symbol: cannot tell the input channels of convolution {name!r}")
         kernel = _ints(a["kernel"])
         return Conv(name=name, weight=self.name(ins[1]), c_in=c_in, c_out=int(a["num_filter"]),
                     kernel=kernel, stride=_ints(a.get("stride", "(1,1)")) or (1, 1),
@@ -270,13 +271,13 @@ class _Graph:
         M = int(self.attrs(reorder2)["branch_factor"])
         name = _common_prefix(primary.name, secondary.name)
         if primary.groups != L or secondary.groups != M:
-            raise ValueError(
+            raise UserError(
                 f"symbol: IGC layer {name!r} shuffles with B={L} and B={M} around group convs of "
                 f"{primary.groups} and {secondary.groups} groups; igc-jax's IGCConv needs equal "
                 f"ones")
         if secondary.kernel != (1, 1) or secondary.stride != (1, 1) or secondary.pad != (0, 0):
-            raise ValueError(f"symbol: IGC layer {name!r}: secondary conv {secondary.name!r} is "
-                             f"not 1×1, stride 1, no padding")
+            raise UserError(f"symbol: IGC layer {name!r}: secondary conv {secondary.name!r} is "
+                            f"not 1×1, stride 1, no padding")
         return IGC(name=name, primary=primary, secondary=secondary, L=L, M=M), \
             self.inputs(primary_node)[0]
 
@@ -319,8 +320,8 @@ class _Graph:
                 continue
             name = _common_prefix(layer1.name, layer2.name)
             return Unit(name, layer1, bn1, layer2, bn2, *shortcut), x
-        raise ValueError(f"symbol: {self.name(plus)!r} is not the sum of a post-activation "
-                         f"residual unit (shortcut + conv → BN → ReLU → conv → BN of one input)")
+        raise UserError(f"symbol: {self.name(plus)!r} is not the sum of a post-activation "
+                        f"residual unit (shortcut + conv → BN → ReLU → conv → BN of one input)")
 
 
 def parse_symbol(symbol: dict, in_channels: int = 3) -> Network:
@@ -332,7 +333,7 @@ def parse_symbol(symbol: dict, in_channels: int = 3) -> Network:
     fc = g.expect(i, ["FullyConnected"], "classifier")
     a, ins = g.attrs(fc), g.inputs(fc)
     if _bool(a.get("no_bias", "False")) or len(ins) < 3:
-        raise ValueError(f"symbol: classifier {g.name(fc)!r} has no bias; igc-jax's has one")
+        raise UserError(f"symbol: classifier {g.name(fc)!r} has no bias; igc-jax's has one")
     i = ins[0]
     if g.op(i) == "Flatten":
         i = g.inputs(i)[0]
@@ -349,13 +350,13 @@ def parse_symbol(symbol: dict, in_channels: int = 3) -> Network:
         stem_pool = g.pool(i, "stem pooling")
         i = g.inputs(i)[0]
     if not g.is_relu(i):
-        raise ValueError(f"symbol: expected the stem's ReLU, found {g.op(i)} {g.name(i)!r}")
+        raise UserError(f"symbol: expected the stem's ReLU, found {g.op(i)} {g.name(i)!r}")
     stem_bn = g.batch_norm(g.inputs(i)[0], "stem")
     stem_node = g.expect(g.inputs(g.inputs(i)[0])[0], ["Convolution"], "stem")
     if g.name(g.inputs(stem_node)[0]) != "data":
-        raise ValueError(f"symbol: the stem conv {g.name(stem_node)!r} does not read 'data'")
+        raise UserError(f"symbol: the stem conv {g.name(stem_node)!r} does not read 'data'")
     if not units:
-        raise ValueError("symbol: no residual unit found; igc-jax converts residual networks only")
+        raise UserError("symbol: no residual unit found; igc-jax converts residual networks only")
     return Network(stem=g.conv(stem_node), stem_bn=stem_bn, stem_pool=stem_pool,
                    units=tuple(reversed(units)), pool=pool, classifier=classifier)
 
@@ -382,7 +383,7 @@ class ConvertedModel:
 
 def _check(ok: bool, message: str) -> None:
     if not ok:
-        raise ValueError(message)
+        raise UserError(message)
 
 
 def _check_conv(conv: Conv, kernel: int, stride: int) -> None:
@@ -543,13 +544,13 @@ class _Arrays:
     def take(self, kind: str, name: str, shape: tuple[int, ...], layer: str) -> np.ndarray:
         key = f"{kind}:{name}"
         if key not in self.arrays:
-            raise ValueError(f"layer {layer!r}: array {key!r} is missing from the params file")
+            raise UserError(f"layer {layer!r}: array {key!r} is missing from the params file")
         if key in self.used:
-            raise ValueError(f"layer {layer!r}: array {key!r} is used by two layers")
+            raise UserError(f"layer {layer!r}: array {key!r} is used by two layers")
         a = self.arrays[key]
         if tuple(a.shape) != tuple(shape):
-            raise ValueError(f"layer {layer!r}: array {key!r} has shape {tuple(a.shape)}, "
-                             f"the symbol needs {tuple(shape)}")
+            raise UserError(f"layer {layer!r}: array {key!r} has shape {tuple(a.shape)}, "
+                            f"the symbol needs {tuple(shape)}")
         self.used.add(key)
         return np.asarray(a, dtype=np.float32)
 
@@ -557,8 +558,8 @@ class _Arrays:
         unused = [k for k in self.arrays if k not in self.used]
         if unused:
             more = f" and {len(unused) - 3} more" if len(unused) > 3 else ""
-            raise ValueError(f"the params file has {len(unused)} array(s) the symbol does not "
-                             f"use: {', '.join(unused[:3])}{more}")
+            raise UserError(f"the params file has {len(unused)} array(s) the symbol does not "
+                            f"use: {', '.join(unused[:3])}{more}")
 
 
 def _hwio(w: np.ndarray) -> np.ndarray:
@@ -582,11 +583,11 @@ def convert_arrays(network: Network, arrays: dict[str, np.ndarray], abstract: di
     def put(collection: str, module: str, leaf: str, value: np.ndarray, layer: str) -> None:
         target = abstract.get(collection, {}).get(module, {}).get(leaf)
         if target is None:
-            raise ValueError(f"layer {layer!r}: the igc-jax model has no variable "
-                             f"{collection}/{module}/{leaf}")
+            raise UserError(f"layer {layer!r}: the igc-jax model has no variable "
+                            f"{collection}/{module}/{leaf}")
         if tuple(target.shape) != value.shape:
-            raise ValueError(f"layer {layer!r}: converted to shape {value.shape}, igc-jax's "
-                             f"{collection}/{module}/{leaf} has shape {tuple(target.shape)}")
+            raise UserError(f"layer {layer!r}: converted to shape {value.shape}, igc-jax's "
+                            f"{collection}/{module}/{leaf} has shape {tuple(target.shape)}")
         out[collection].setdefault(module, {})[leaf] = value
 
     def conv(module: str, c: Conv, leaf: str = "kernel") -> None:
@@ -612,8 +613,8 @@ def convert_arrays(network: Network, arrays: dict[str, np.ndarray], abstract: di
     batch_norm("stem_bn", network.stem_bn)
     prefixes = _unit_prefixes(abstract["params"])
     if len(prefixes) != len(network.units):
-        raise ValueError(f"the symbol has {len(network.units)} residual units, the igc-jax model "
-                         f"{len(prefixes)}")
+        raise UserError(f"the symbol has {len(network.units)} residual units, the igc-jax model "
+                        f"{len(prefixes)}")
     for prefix, u in zip(prefixes, network.units):
         for k, (unit_layer, bn) in enumerate(((u.layer1, u.bn1), (u.layer2, u.bn2)), start=1):
             layer(f"{prefix}_{'igc' if isinstance(unit_layer, IGC) else 'conv'}{k}", unit_layer)
@@ -630,8 +631,8 @@ def convert_arrays(network: Network, arrays: dict[str, np.ndarray], abstract: di
         for module, leaves in modules.items():
             for leaf in leaves:
                 if leaf not in out.get(collection, {}).get(module, {}):
-                    raise ValueError(f"igc-jax variable {collection}/{module}/{leaf} has no array "
-                                     f"in the symbol")
+                    raise UserError(f"igc-jax variable {collection}/{module}/{leaf} has no array "
+                                    f"in the symbol")
     return out
 
 
@@ -687,7 +688,7 @@ def save_converted(out_dir: str | Path, variables: dict, converted: ConvertedMod
 
     out = Path(out_dir).resolve()
     if (out / "variables").exists():
-        raise ValueError(f"{out / 'variables'} already exists; choose another --out")
+        raise UserError(f"{out / 'variables'} already exists; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(out / "variables", variables)
@@ -706,7 +707,7 @@ def save_converted(out_dir: str | Path, variables: dict, converted: ConvertedMod
 def load_converted_info(directory: str | Path) -> dict:
     path = Path(directory) / "model.json"
     if not path.is_file():
-        raise ValueError(f"{directory} is not a converted model (no model.json)")
+        raise UserError(f"{directory} is not a converted model (no model.json)")
     return json.loads(path.read_text())
 
 
@@ -716,7 +717,7 @@ def load_converted(directory: str | Path) -> dict:
 
     path = Path(directory).resolve() / "variables"
     if not path.is_dir():
-        raise ValueError(f"{directory} is not a converted model (no variables/ checkpoint)")
+        raise UserError(f"{directory} is not a converted model (no variables/ checkpoint)")
     checkpointer = ocp.StandardCheckpointer()
     variables = checkpointer.restore(path)
     checkpointer.close()

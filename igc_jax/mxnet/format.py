@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from igc_jax.errors import UserError
+
 LIST_MAGIC = 0x112
 V1_MAGIC = 0xF993FAC8
 V2_MAGIC = 0xF993FAC9
@@ -48,8 +50,8 @@ class _Reader:
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
-            raise ValueError(f"{self.source}: truncated MXNet NDArray file (needed {n} bytes at "
-                             f"offset {self.pos}, file has {len(self.data)})")
+            raise UserError(f"{self.source}: truncated MXNet NDArray file (needed {n} bytes at "
+                            f"offset {self.pos}, file has {len(self.data)})")
         chunk = self.data[self.pos:self.pos + n]
         self.pos += n
         return chunk
@@ -73,21 +75,21 @@ def _read_array(r: _Reader, index: int) -> np.ndarray | None:
     if magic in (V2_MAGIC, V3_MAGIC):
         (stype,) = r.unpack("i")
         if stype != 0:
-            raise ValueError(f"{r.source}: array {index} has storage type "
-                             f"{STORAGE_TYPES.get(stype, stype)}; only dense arrays are supported")
+            raise UserError(f"{r.source}: array {index} has storage type "
+                            f"{STORAGE_TYPES.get(stype, stype)}; only dense arrays are supported")
         shape = _read_shape(r, None)
     elif magic == V1_MAGIC:
         shape = _read_shape(r, None)
     elif magic < 64:  # legacy layout: the first word is ndim (MXNet allows at most 32 dims)
         shape = _read_shape(r, magic)
     else:
-        raise ValueError(f"{r.source}: array {index} starts with unknown magic {magic:#x}")
+        raise UserError(f"{r.source}: array {index} starts with unknown magic {magic:#x}")
     if not shape:
         return None
     r.unpack("ii")  # context (device type, device id): arrays are loaded on the host anyway
     (flag,) = r.unpack("i")
     if flag not in DTYPES:
-        raise ValueError(f"{r.source}: array {index} has unknown dtype flag {flag}")
+        raise UserError(f"{r.source}: array {index} has unknown dtype flag {flag}")
     dtype = np.dtype(DTYPES[flag]).newbyteorder("<")
     count = int(np.prod(shape))
     data = np.frombuffer(r.take(count * dtype.itemsize), dtype=dtype, count=count)
@@ -102,19 +104,19 @@ def read_ndarray_list(data: bytes, source: str = "<bytes>") -> dict[str, np.ndar
     r = _Reader(data, source)
     magic, _reserved = r.unpack("QQ")
     if magic != LIST_MAGIC:
-        raise ValueError(f"{source}: not an MXNet NDArray file (header {magic:#x}, expected "
-                         f"{LIST_MAGIC:#x})")
+        raise UserError(f"{source}: not an MXNet NDArray file (header {magic:#x}, expected "
+                        f"{LIST_MAGIC:#x})")
     (n,) = r.unpack("Q")
     arrays = [_read_array(r, i) for i in range(n)]
     (k,) = r.unpack("Q")
     if k not in (0, n):
-        raise ValueError(f"{source}: {n} arrays but {k} names")
+        raise UserError(f"{source}: {n} arrays but {k} names")
     names = [r.take(r.unpack("Q")[0]).decode("utf-8") for _ in range(k)]
     names = names or [str(i) for i in range(n)]
     if r.pos != len(data):
-        raise ValueError(f"{source}: {len(data) - r.pos} unexpected bytes after the names")
+        raise UserError(f"{source}: {len(data) - r.pos} unexpected bytes after the names")
     if len(set(names)) != len(names):
-        raise ValueError(f"{source}: duplicate array names")
+        raise UserError(f"{source}: duplicate array names")
     return {name: a for name, a in zip(names, arrays) if a is not None}
 
 

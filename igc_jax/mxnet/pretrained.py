@@ -21,6 +21,7 @@ import numpy as np
 
 from igc_jax import models
 from igc_jax.mxnet import convert
+from igc_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,19 +47,18 @@ class Pretrained:
         """float32 logits (N, num_classes) of N×image_size×image_size×3 images in 0..255."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
-            raise ValueError(f"expected images of shape "
-                             f"(N, {self.image_size}, {self.image_size}, 3),"
-                             f" got {images.shape}")
+            raise UserError(f"expected images of shape "
+                            f"(N, {self.image_size}, {self.image_size}, 3), got {images.shape}")
         return self._logits(self.variables, self.normalize(images))
 
 
 def load_pretrained(directory: str, conv_mode: str = "auto") -> Pretrained:
     """The model a `convert_mxnet` directory holds, with the preprocessing its model.json records
-    (ValueError when it records none: the inputs it expects are unknown)."""
+    (UserError when it records none: the inputs it expects are unknown)."""
     info = convert.load_converted_info(directory)
     if not info.get("preprocessing"):
-        raise ValueError(f"{directory}/model.json records no preprocessing (not a released model); "
-                         f"build it with igc_jax.build_model and normalise the inputs yourself")
+        raise UserError(f"{directory}/model.json records no preprocessing (not a released model); "
+                        f"build it with igc_jax.build_model and normalise the inputs yourself")
     module = models.build_model(info["model"], num_classes=info["num_classes"],
                                 conv_mode=conv_mode)
     return Pretrained(module=module, variables=convert.load_converted(directory),

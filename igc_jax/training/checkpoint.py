@@ -15,10 +15,12 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from igc_jax.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """No checkpoint in a directory could be restored."""
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import signal
 import time
 from typing import Any, Callable
@@ -20,12 +19,13 @@ import numpy as np
 from etils import epath
 
 from igc_jax import data
+from igc_jax.errors import UserError
 from igc_jax.igc import select
 from igc_jax.igc.layers import planned_modes
 from igc_jax.training import checkpoint as ckpt_lib
 from igc_jax.training import sharding, steps
 from igc_jax.training.metrics_log import MetricsLog
-from igc_jax.training.validate import validate
+from igc_jax.training.validate import preflight, validate
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Diverged(RuntimeError):
     """The training loss became non-finite."""
 
 
-class ConfigMismatch(ValueError):
+class ConfigMismatch(UserError):
     """The workdir holds a run of another model or dataset."""
 
 
@@ -67,7 +67,12 @@ def check_resumable(workdir: epath.Path, config: ml_collections.ConfigDict, allo
     saved_path = workdir / "config.json"
     if allow_change or not saved_path.exists():
         return
-    saved = flatten_config(ml_collections.ConfigDict(json.loads(saved_path.read_text())))
+    try:
+        saved = flatten_config(ml_collections.ConfigDict(json.loads(saved_path.read_text())))
+    except (ValueError, TypeError, AttributeError, OSError) as e:
+        raise UserError(f"{saved_path} is unreadable ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); restore it or use a new "
+                        "workdir") from None
     new = flatten_config(config)
     diff = [k for k in sorted(set(saved) | set(new))
             if k.startswith(_FROZEN_PREFIXES) and k not in _MUTABLE_KEYS and saved.get(k) != new.get(k)]
@@ -193,21 +198,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     Returns the final status dict (also written to `<workdir>/status.json`). Raises Preempted after
     saving a checkpoint on SIGTERM, Diverged on a non-finite loss (nothing non-finite is saved).
     """
+    # Every check first (igc_jax.training.validate): nothing is written to the workdir, nothing
+    # built or compiled, until the run is known to start.
     validate(config)
     mesh = sharding.make_mesh()
-    sharding.check_batch_size(config.batch_size, mesh, "batch_size")
-    sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-    info = data.dataset_info(config.dataset)
-    steps_per_epoch = max(info.num_train // config.batch_size, 1)
-    num_steps = (config.num_train_steps if config.num_train_steps > 0
-                 else int(math.ceil(config.num_epochs * steps_per_epoch)))
-    eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
-
+    plan = preflight(config, workdir, mesh)
+    info, steps_per_epoch, num_steps = plan.info, plan.steps_per_epoch, plan.num_steps
+    eval_every = plan.eval_every
     wd = epath.Path(workdir)  # local or gs://
-    wd.mkdir(parents=True, exist_ok=True)
     check_resumable(wd, config, allow_config_change)
-    if jax.process_index() == 0:
-        (wd / "config.json").write_text(config.to_json_best_effort(indent=1))
+
+    wd.mkdir(parents=True, exist_ok=True)
 
     context = select.detect_context()
     model = steps.make_model(config, context)
@@ -233,6 +234,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     else:
         start = 0
     last_saved = start if restored is not None else None
+    if jax.process_index() == 0:  # only once the saved state (if any) fits this run's
+        (wd / "config.json").write_text(config.to_json_best_effort(indent=1))
 
     metrics_log = MetricsLog(wd, enabled=jax.process_index() == 0)
     metrics_log.rewind(start)

@@ -11,6 +11,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from igc_jax.errors import UserError
+
 DATA_AXIS = "data"
 
 
@@ -29,12 +31,12 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(global_batch: int, mesh: Mesh, what: str = "batch_size") -> int:
-    """The per-process batch; ValueError when the global batch does not split evenly."""
+    """The per-process batch; UserError when the global batch does not split evenly."""
     n_dev, n_proc = mesh.devices.size, jax.process_count()
     if global_batch % n_dev:
-        raise ValueError(f"{what}={global_batch} is not divisible by the {n_dev} devices")
+        raise UserError(f"{what}={global_batch} is not divisible by the {n_dev} devices")
     if global_batch % n_proc:
-        raise ValueError(f"{what}={global_batch} is not divisible by the {n_proc} processes")
+        raise UserError(f"{what}={global_batch} is not divisible by the {n_proc} processes")
     return global_batch // n_proc
 
 

@@ -72,7 +72,11 @@ def _build() -> pathlib.Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
     cmd = [compiler, *FLAGS, "-isystem", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as e:  # $CXX names no runnable program
+        os.unlink(tmp)
+        raise NativeUnavailable(f"cannot run the C++ compiler {compiler}: {e.strerror or e}")
     if proc.returncode:
         os.unlink(tmp)
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
