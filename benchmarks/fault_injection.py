@@ -60,7 +60,8 @@ def run_with_kill(workdir: Path, rng: random.Random, aim_at_write: bool) -> dict
     if not finished:
         proc.kill()
     proc.wait()
-    return {"killed": not finished, "at_step": _last_logged_step(workdir), "during_write": during_write}
+    return {"killed": not finished, "at_step": _last_logged_step(workdir),
+            "during_write": during_write}
 
 
 def resumed_step(workdir: Path) -> int:
@@ -122,7 +123,8 @@ def main() -> None:
         "identical": sum(r["identical"] for r in results),
         "kills": len(kills),
         "kills_during_checkpoint_write": sum(k["during_write"] for k in kills),
-        "mean_steps_lost_per_kill": float(np.mean([k["steps_lost"] for k in kills])) if kills else 0.0,
+        "mean_steps_lost_per_kill": (float(np.mean([k["steps_lost"] for k in kills]))
+                                     if kills else 0.0),
         "checkpoint_every_steps": 4,
         "steps_per_run": args.steps,
         "conv_mode": "auto (the default)",
@@ -134,7 +136,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "fault_injection.json").write_text(json.dumps(summary, indent=1))
     (out / "fault_injection.md").write_text(
-        "| cycles | identical to reference | SIGKILLs | during a checkpoint write | mean steps lost per kill |\n"
+        "| cycles | identical to reference | SIGKILLs | during a checkpoint write "
+        "| mean steps lost per kill |\n"
         "|---|---|---|---|---|\n"
         f"| {summary['cycles']} | {summary['identical']} | {summary['kills']} | "
         f"{summary['kills_during_checkpoint_write']} | {summary['mean_steps_lost_per_kill']:.2f} "

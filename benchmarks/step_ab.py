@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
              f"One CPU device, `auto` modes, best of {args.rounds} alternating fresh processes × "
              f"{args.steps} steps; load average at the end {meta['loadavg']}. "
              "`python -m benchmarks.step_ab --before=<checkout>`.", "",
-             "| network | batch | before (ms) | after (ms) | after ÷ before |", "|---|---|---|---|---|"]
+             "| network | batch | before (ms) | after (ms) | after ÷ before |",
+             "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['network']} | {r['batch']} | {r['best_ms']['before']:.0f} | "
                      f"{r['best_ms']['after']:.0f} | {r['after_over_before']:.2f} |")

@@ -1,4 +1,6 @@
-"""Train and evaluate a config: `python -m igc_jax.main --config=experiments/<file>.py --workdir=<dir>`.
+"""Train and evaluate a config.
+
+    python -m igc_jax.main --config=experiments/<file>.py --workdir=<dir>
 
 Thin on purpose: the logic lives in `igc_jax.training`. Exit status: 0 done or preempted (resume
 by running the same command), 2 bad input (an `igc_jax.errors.UserError`: one line on stderr, no

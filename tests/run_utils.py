@@ -1,4 +1,5 @@
-"""Helpers for tests that run the trainer, in-process or as `python -m igc_jax.main` subprocesses."""
+"""Helpers for tests that run the trainer, in-process or as `python -m igc_jax.main`
+subprocesses."""
 from __future__ import annotations
 
 import json
@@ -43,7 +44,8 @@ def env_with_devices(n: int, **extra: str) -> dict:
 
 
 def main_cmd(workdir: Path, *flags: str, config: Path = QUICKSTART) -> list[str]:
-    return [sys.executable, "-m", "igc_jax.main", f"--config={config}", f"--workdir={workdir}", *flags]
+    return [sys.executable, "-m", "igc_jax.main", f"--config={config}", f"--workdir={workdir}",
+            *flags]
 
 
 def run_main(workdir: Path, *flags: str, devices: int = 1, timeout: float = 600,

@@ -41,7 +41,8 @@ def test_sigterm_during_training_saves_and_exits_0_then_resumes(tmp_path):
                             env=env_with_devices(1), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not ((wd / "metrics.jsonl").exists() and len(train_losses(wd)) >= 3):
+    while time.time() < deadline and not (
+            (wd / "metrics.jsonl").exists() and len(train_losses(wd)) >= 3):
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
@@ -112,7 +113,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, damage, capl
 
 
 def test_divergence_stops_naming_the_step_and_saves_nothing_non_finite(tmp_path):
-    train.train_and_evaluate(tiny_config(num_train_steps=3, checkpoint_every_steps=2), str(tmp_path))
+    train.train_and_evaluate(tiny_config(num_train_steps=3, checkpoint_every_steps=2),
+                             str(tmp_path))
     c = tiny_config(num_train_steps=30, checkpoint_every_steps=2, learning_rate=1e30,
                     lr_schedule="constant")
     with pytest.raises(train.Diverged, match=r"non-finite .*step \d+|is nan at step \d+") as e:
