@@ -7,13 +7,9 @@ Every other exception is a bug in igc-jax: it keeps its full traceback and exits
 """
 from __future__ import annotations
 
-import functools
 import sys
-from typing import Callable, TypeVar
 
 EXIT_USER_ERROR = 2
-
-F = TypeVar("F", bound=Callable)
 
 
 class UserError(ValueError):
@@ -35,70 +31,3 @@ def report(message: str, code: int = EXIT_USER_ERROR) -> int:
 def fail(message: str, code: int = EXIT_USER_ERROR) -> None:
     """Print `error: <message>` as one line on stderr and exit with `code`."""
     sys.exit(report(message, code))
-
-
-def check_config_flag(argv: list[str], name: str = "config") -> None:
-    """A `--config=path[:arg]` that names no file is one line, not ml_collections' deferred
-    OSError traceback at the config's first use."""
-    import os
-    for i, a in enumerate(argv):
-        if a.startswith(f"--{name}="):
-            value = a.split("=", 1)[1]
-        elif a == f"--{name}" and i + 1 < len(argv):
-            value = argv[i + 1]
-        else:
-            continue
-        path = value.partition(":")[0]
-        if not os.path.isfile(path):
-            raise UserError(f"--{name}: config file {path!r} not found "
-                            "(give experiments/<file>.py[:arg])")
-        _check_overrides(argv, name, value)
-        return
-
-
-def _check_overrides(argv: list[str], name: str, spec: str) -> None:
-    """Load the config file as the flag will (pure Python, no JAX), so that a UserError from its
-    get_config stays one line and any other exception keeps its traceback (ml_collections folds
-    both into a flags.Error); then `--config.a.b=v` naming no field is one line (ml_collections
-    raises a bare KeyError)."""
-    from igc_jax.configs import load_config
-    config = load_config(spec)
-    overrides = [a[len(name) + 3:].split("=", 1)[0] for a in argv if a.startswith(f"--{name}.")]
-    for override in overrides:
-        node = config
-        for i, part in enumerate(override.split(".")):
-            if not hasattr(node, "keys"):
-                break
-            if part not in node:
-                where = ".".join(override.split(".")[:i]) or "the config"
-                raise UserError(f"--{name}.{override}: {where} has no field {part!r}; it has "
-                                f"{', '.join(sorted(node.keys()))}")
-            node = node[part]
-
-
-def parse_absl_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing for an `app.run` tool: a bad flag, override or config file, or a
-    UserError raised by a config file's get_config, is one line and exit 2."""
-    from absl import flags
-
-    try:
-        check_config_flag(argv)
-        return flags.FLAGS(argv)
-    except UserError as e:
-        fail(str(e))
-    except flags.Error as e:  # an unknown flag, a value of the wrong type, a missing flag
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        fail(lines[0] if lines else type(e).__name__)
-    raise AssertionError("unreachable")
-
-
-def reports_user_errors(fn: F) -> F:
-    """Wrap a CLI entry point: a UserError becomes one line and exit 2; anything else propagates
-    (a traceback, exit 1)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UserError as e:
-            fail(str(e))
-    return wrapper  # type: ignore[return-value]

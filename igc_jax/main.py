@@ -15,7 +15,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from igc_jax.errors import UserError, fail, parse_absl_flags
+from igc_jax.cli import parse_absl_flags
+from igc_jax.errors import UserError, fail
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py[:arg]).",
                                 lock_config=True)

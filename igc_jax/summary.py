@@ -26,7 +26,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from igc_jax import models
-from igc_jax.errors import fail, parse_absl_flags, reports_user_errors
+from igc_jax.cli import parse_absl_flags, reports_user_errors
+from igc_jax.errors import fail
 from igc_jax.igc.layers import BatchNorm, IGCConv
 
 # Spec §3: the paper's ImageNet table, (#params in millions, FLOPs in G) per network.
