@@ -140,13 +140,15 @@ def test_imagenet_sized_images_through_the_imagenet_preprocessing(tfds_dir):
     runs = [list(data.eval_batches(config, process_index=0, process_count=1)) for _ in range(2)]
     assert [len(r) for r in runs] == [2, 2]
     labels = np.concatenate([b["label"][b["mask"] == 1] for b in runs[0]])
-    _, stored = sources.open_split(config.dataset, "test").read(np.arange(7))
+    info = data.dataset_info(config.dataset)
+    _, stored = sources.open_split(config.dataset, "test", info).read(np.arange(7))
     assert labels.tolist() == stored.tolist() and sorted(labels.tolist()) == list(range(100, 107))
     assert all(np.array_equal(a["image"], b["image"]) for a, b in zip(*runs))
 
 
 def test_tfds_split_pickles_for_worker_processes(tfds_dir):
-    split = sources.open_split(_config("svhn_cropped", tfds_dir).dataset, "train")
+    config = _config("svhn_cropped", tfds_dir)
+    split = sources.open_split(config.dataset, "train", data.dataset_info(config.dataset))
     images, labels = split.read([0, 8, 9, 39])            # both parts: train then extra
     copy = pickle.loads(pickle.dumps(split))
     again, again_labels = copy.read([0, 8, 9, 39])

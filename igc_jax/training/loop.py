@@ -117,10 +117,11 @@ class SigtermFlag:
 
 # ---------------------------------------------------------------- the loop
 
-def evaluate(eval_fn, state, config, mesh, stop: Callable[[], bool]) -> dict | None:
+def evaluate(eval_fn, state, config, mesh, stop: Callable[[], bool],
+             info: data.DatasetInfo | None = None) -> dict | None:
     """Top-1/top-5 and loss over the whole test split, exactly once; None if stopped midway."""
     totals = None
-    for local in data.eval_batches(config, process_index=jax.process_index(),
+    for local in data.eval_batches(config, info, process_index=jax.process_index(),
                                    process_count=jax.process_count()):
         if stop():
             return None
@@ -162,7 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     train_fn, eval_fn, finite_fn = steps.compile_steps(model, tx, schedule, state_shardings, mesh)
 
     checkpointer = ckpt_lib.Checkpointer(str(wd), keep=config.keep_checkpoints)
-    train_iter = data.train_iterator(config, process_index=jax.process_index(),
+    train_iter = data.train_iterator(config, info, process_index=jax.process_index(),
                                      process_count=jax.process_count())
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             state, state_shardings)
@@ -219,7 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 out_of_time = config.max_train_seconds > 0 and time.time() - t_start > config.max_train_seconds
                 if step % eval_every == 0 or step == num_steps or out_of_time:
                     _check_finite(prev, last_saved)
-                    result = evaluate(eval_fn, state, config, mesh, lambda: sigterm(step))
+                    result = evaluate(eval_fn, state, config, mesh, lambda: sigterm(step), info)
                     if result is None:
                         save(step)
                         raise Preempted(f"preempted during evaluation: checkpoint saved at step {step}")
