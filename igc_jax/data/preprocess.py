@@ -177,7 +177,8 @@ def _resize_box(image: np.ndarray, box: tuple[float, float, float, float],
 
     Only the box and the filter's support around it go to PIL (crop before resize); PIL's
     antialiased bilinear filter reaches max(1, scale) pixels beyond the box, so a margin of
-    scale + 2 keeps the result identical to resizing with the box on the whole image.
+    scale + 2 gives the result of resizing with the box on the whole image (to ±1: PIL's
+    fixed-point weights depend on the box's offset).
     """
     x0, y0, x1, y1 = box
     margin = 2 + math.ceil(max(x1 - x0, y1 - y0) / size)
