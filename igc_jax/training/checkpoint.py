@@ -1,14 +1,15 @@
 """Orbax checkpoints of the training state and the data iterator, under `<workdir>/checkpoints`.
 
-Saves are atomic (orbax writes to a temporary directory, then renames) and synchronous, so a kill
-during a write leaves the previous checkpoints intact and never costs more than one interval. A checkpoint that cannot be read back is moved aside to
-`<workdir>/checkpoints_corrupt/` (never deleted) and the next older one is used.
+Saves are atomic (orbax writes to a temporary directory, then renames; on gs:// it marks a
+finished checkpoint with commit_success.txt) and synchronous, so a kill during a write leaves the
+previous checkpoints intact and never costs more than one interval. A checkpoint that cannot be
+read back is moved aside to `<workdir>/checkpoints_corrupt/` (never deleted) and the next older
+one is used. Every path goes through etils epath, so the workdir may be local or gs://.
 """
 from __future__ import annotations
 
 import logging
-import shutil
-from pathlib import Path
+import os
 from typing import Any
 
 import jax
@@ -27,6 +28,20 @@ def _param_shapes(params: Any) -> dict[str, tuple[int, ...]]:
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): tuple(leaf.shape)
             for path, leaf in flat}
+
+
+def move_tree(src: epath.Path, dst: epath.Path) -> None:
+    """Move a directory tree, locally by one rename; on an object store (gs://), which has no
+    directories to rename, by copying every object, then deleting the source."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if "://" not in str(src):
+        os.replace(src, dst)
+        return
+    for f in [f for f in src.rglob("*") if not f.is_dir()]:
+        target = dst / str(f)[len(str(src)) + 1:]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(f.read_bytes())
+    src.rmtree()
 
 
 class Checkpointer:
@@ -96,12 +111,10 @@ class Checkpointer:
 
     def _quarantine(self, step: int) -> None:
         if jax.process_index() == 0:  # one process moves it; the others wait below
-            src = Path(str(self.directory / str(step)))
-            dst = Path(str(self.corrupt_dir)) / str(step)
-            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst = self.corrupt_dir / str(step)
             if dst.exists():
-                shutil.rmtree(dst)  # an older quarantined copy of the same step
-            shutil.move(str(src), str(dst))
+                dst.rmtree()  # an older quarantined copy of the same step
+            move_tree(self.directory / str(step), dst)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")

@@ -77,8 +77,12 @@ def check_resumable(workdir: epath.Path, config: ml_collections.ConfigDict, allo
 
 def write_json(path: epath.Path, obj: dict) -> None:
     if jax.process_index() == 0:
+        text = json.dumps(obj, indent=1, sort_keys=True)
+        if "://" in str(path):  # an object store writes whole objects atomically (no rename)
+            path.write_text(text)
+            return
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+        tmp.write_text(text)
         tmp.replace(path)
 
 
