@@ -37,11 +37,19 @@ def move_tree(src: epath.Path, dst: epath.Path) -> None:
     if "://" not in str(src):
         os.replace(src, dst)
         return
-    for f in [f for f in src.rglob("*") if not f.is_dir()]:
+    for f in files_under(src):
         target = dst / str(f)[len(str(src)) + 1:]
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(f.read_bytes())
     src.rmtree()
+
+
+def files_under(directory: epath.Path) -> list[epath.Path]:
+    """Every file below `directory`, by listing each level (epath has no recursive glob on gs://)."""
+    out = []
+    for p in directory.iterdir():
+        out.extend(files_under(p) if p.is_dir() else [p])
+    return out
 
 
 class Checkpointer:
@@ -64,8 +72,11 @@ class Checkpointer:
         """Save and wait until it is committed, so a kill never loses more than one interval.
 
         (An asynchronous save still being written when the process dies would lose the steps
-        run during the write as well.)
+        run during the write as well.) A step saved already (a SIGTERM right after a periodic
+        save) is not written again: orbax refuses a second save of one step.
         """
+        if step in self.manager.all_steps():
+            return
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
         self.manager.wait_until_finished()
