@@ -169,3 +169,43 @@ def test_tfds_errors_are_one_line(tfds_dir, tmp_path):
     config.dataset.num_classes = 100
     with pytest.raises(data.DataError, match="10 classes but dataset.num_classes=100"):
         data.dataset_info(config.dataset)
+
+
+def test_imagenet_batches_are_the_same_with_0_and_2_worker_processes(tfds_dir):
+    """Batch k is a function of (seed, k, process index and count) only: worker processes (grain,
+    batches through shared memory) change nothing, also from a resumed step."""
+    config = _config("imagenet2012", tfds_dir, batch_size=4)
+    config.dataset.update(num_classes=1000, image_size=24, augment="imagenet",
+                          normalization="imagenet", num_workers=0)
+    info = data.dataset_info(config.dataset)
+    plain = data.train_iterator(config, info, process_index=1, process_count=2)
+    expected = [next(plain) for _ in range(7)]              # 10 steps per epoch of 2 per process
+    config.dataset.num_workers = 2
+    workers = data.train_iterator(config, info, process_index=1, process_count=2)
+    assert workers.num_workers == 2
+    for want in expected[:4]:
+        got = next(workers)
+        assert np.array_equal(got["image"], want["image"])
+        assert np.array_equal(got["label"], want["label"])
+    workers.set_state({"step": 5})
+    for want in expected[5:]:
+        assert np.array_equal(next(workers)["image"], want["image"])
+
+
+def test_num_workers_auto_is_sized_to_the_cpus_for_imagenet_only(monkeypatch):
+    from igc_jax.data import pipeline
+
+    c = configs.imagenet_recipe("IGC-L4M32+Ident.")
+    assert c.dataset.num_workers == -1
+    monkeypatch.setattr(pipeline, "available_cpus", lambda: 8)
+    assert pipeline.num_workers(c.dataset) == 7
+    monkeypatch.setattr(pipeline, "available_cpus", lambda: 1)
+    assert pipeline.num_workers(c.dataset) == 1
+    monkeypatch.setattr(pipeline, "available_cpus", lambda: 500)
+    assert pipeline.num_workers(c.dataset) == pipeline.MAX_AUTO_WORKERS
+    assert pipeline.num_workers(configs.base_config().dataset) == 0      # cifar: threads
+    c.dataset.num_workers = 3
+    assert pipeline.num_workers(c.dataset) == 3
+    c.dataset.num_workers = -2
+    with pytest.raises(ValueError, match="num_workers"):
+        pipeline.num_workers(c.dataset)
