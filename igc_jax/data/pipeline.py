@@ -167,6 +167,10 @@ def _prefetched(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
                                               prefetch_buffer_size=PREFETCH_BATCHES))
     if num_workers > 0:
         _ensure_absl_flags_parsed()
+        # Each worker is one core's worth of work: one BLAS thread each (read at its start;
+        # numpy in this process has read it already), not one per core per worker.
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return it
 

@@ -204,7 +204,8 @@ def is_remote(path: str) -> bool:
 
 
 def data_cache_dir() -> epath.Path:
-    """Where remote ArrayRecord datasets are copied: $IGC_JAX_DATA_CACHE or ~/.cache/igc_jax/tfds."""
+    """Where remote ArrayRecord datasets are copied: $IGC_JAX_DATA_CACHE, else
+    ~/.cache/igc_jax/tfds."""
     return epath.Path(os.environ.get("IGC_JAX_DATA_CACHE")
                       or os.path.join(os.path.expanduser("~"), ".cache", "igc_jax", "tfds"))
 

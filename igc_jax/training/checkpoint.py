@@ -45,7 +45,8 @@ def move_tree(src: epath.Path, dst: epath.Path) -> None:
 
 
 def files_under(directory: epath.Path) -> list[epath.Path]:
-    """Every file below `directory`, by listing each level (epath has no recursive glob on gs://)."""
+    """Every file below `directory`, listed level by level (epath has no recursive glob on
+    gs://)."""
     out = []
     for p in directory.iterdir():
         out.extend(files_under(p) if p.is_dir() else [p])
@@ -111,8 +112,8 @@ class Checkpointer:
             except Exception as e:  # orbax/tensorstore raise many types for a damaged directory
                 reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
                 self._quarantine(step)
-                log.warning("checkpoint at step %d is unreadable (%s); moved to %s, trying an older one",
-                            step, reason, self.corrupt_dir)
+                log.warning("checkpoint at step %d is unreadable (%s); moved to %s, trying an "
+                            "older one", step, reason, self.corrupt_dir)
         return None
 
     def _saved_param_shapes(self, step: int) -> dict[str, tuple[int, ...]]:

@@ -224,7 +224,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 out_of_time = config.max_train_seconds > 0 and time.time() - t_start > config.max_train_seconds
                 if step % eval_every == 0 or step == num_steps or out_of_time:
                     _check_finite(prev, last_saved)
-                    result = evaluate(eval_fn, state, config, mesh, lambda: sigterm(step), info)
+                    result = evaluate(eval_fn, state, config, mesh, lambda: sigterm(step),
+                                      info)
                     if result is None:
                         save(step)
                         raise Preempted(f"preempted during evaluation: checkpoint saved at step {step}")
