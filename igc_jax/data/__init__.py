@@ -2,8 +2,10 @@
 
 Public API (the trainer codes against it):
   dataset_info(config.dataset) -> DatasetInfo(name, num_classes, image_shape, num_train, num_eval)
-  train_iterator(config, process_index=, process_count=) -> TrainIterator (get_state / set_state)
-  eval_batches(config, process_index=, process_count=, split="test") -> iterator of
+      (computed once by the trainer and passed to the two below)
+  train_iterator(config, info, process_index=, process_count=) -> TrainIterator
+      (get_state / set_state)
+  eval_batches(config, info, process_index=, process_count=, split="test") -> iterator of
       {"image", "label", "mask"}
 Every data problem raises DataError (a ValueError) with a one-line message.
 """
