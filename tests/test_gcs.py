@@ -174,6 +174,14 @@ def test_training_on_gs_is_preempted_resumes_and_survives_a_corrupt_checkpoint(
     assert list((wd / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((wd / "status.json").read_text())["status"] == "finished"
 
+    # The sweep's status check and the report read the gs:// run and write to gs://.
+    from igc_jax import report, sweep
+    assert sweep.is_finished(workdir)
+    runs, md = report.make_report([workdir], f"{gcs}/report")
+    assert len(runs) == 1 and runs[0].status["status"] == "finished"
+    assert str(md) == f"{gcs}/report/report.md" and epath.Path(md).read_text()
+    assert all((epath.Path(gcs) / "report" / name).exists() for name in report.PLOTS)
+
 
 class _Wrapped:
     """The iterator with its __next__ replaced (dunder lookups go through the type)."""
