@@ -14,3 +14,21 @@ def test_suite_modes_match_devices():
 
 def test_gpu_script_times_no_cpu_only_mode():
     assert "native" not in gpu_fused.UNFUSED and "fused" not in gpu_fused.UNFUSED
+
+
+def test_imagenet_benchmark_compares_the_same_transform():
+    """The benchmark's 'previous' path and the library's compute the same crops, jitter and
+    normalisation (to the ±1 rounding of the crop before the resize), so their rates compare."""
+    import numpy as np
+
+    from benchmarks import input_pipeline_imagenet as bench
+    from benchmarks.photos import photo_jpegs
+    from igc_jax.data import preprocess, randomness
+
+    jpegs = photo_jpegs(8)
+    u = randomness.example_uniforms(0, 0, np.arange(8), preprocess.NUM_UNIFORMS)
+    prep = preprocess.Preprocessing("imagenet", bench.NORM, bench.SIZE, bench.JITTER)
+    # One step of 1/255 of the range, scaled by the jitter (at most 1.4³) and 1/std (< 1/57).
+    np.testing.assert_allclose(prep.train(list(jpegs), u), bench.previous_train(jpegs, u),
+                               atol=0.05)
+    np.testing.assert_allclose(prep.eval(list(jpegs)), bench.previous_eval(jpegs), atol=0.02)
