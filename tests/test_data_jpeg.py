@@ -6,9 +6,10 @@ The bound: where no DCT reduction applies (every 224 crop of these photos) the r
 full-resolution decode's exactly (simplejpeg and PIL run the same libjpeg-turbo IDCT), and the
 crop before the resize is within ±1 of resizing the box on the whole image. Where one does
 (smaller outputs, or large images), libjpeg-turbo's scaled IDCT pre-filters the image, so the
-output differs from the single bilinear resample as another resampling filter would: the test asks for PSNR >= 28 dB on every image and a median at
-least that of PIL's BOX filter against its BILINEAR one on the same crops (about 35 dB), i.e. the
-change is no larger than choosing a different, equally standard, resize filter, far below the
+output differs from the single bilinear resample as another resampling filter would: the test
+asks for PSNR >= 28 dB on every image and a median at least that of PIL's BOX filter against its
+BILINEAR one on the same crops (about 35 dB), i.e. the change is no larger than choosing a
+different, equally standard, resize filter, far below the
 colour jitter's own +-40% changes to the same pixels.
 """
 from __future__ import annotations
