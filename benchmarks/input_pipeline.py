@@ -1,6 +1,7 @@
 """Training-batch throughput of the input pipeline: CIFAR-10 (local arrays) and digits.
 
-    python benchmarks/input_pipeline.py [--batches 300] [--repeats 3] [--workers 2]
+    python -m benchmarks.input_pipeline [--batches 300] [--repeats 3] [--workers 2]
+    python -m benchmarks.input_pipeline --dataset=imagenet   (benchmarks/input_pipeline_imagenet.py)
 
 Batch 128 with the configs' training preprocessing (CIFAR-10: pad-4 crop + flip + normalisation;
 digits: normalisation, as its quick start uses augment 'none'; also digits with the CIFAR crop to
@@ -18,7 +19,10 @@ import argparse
 import importlib.metadata
 import json
 import os
-import platform
+
+# One BLAS thread: "per core" means one thread, and worker processes must not oversubscribe.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import platform  # noqa: E402
 import statistics
 import sys
 import time
@@ -106,7 +110,15 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--dataset", choices=("small", "imagenet"), default="small",
+                        help="small: CIFAR-10 arrays and digits; imagenet: JPEG photographs")
     args = parser.parse_args()
+    if args.dataset == "imagenet":
+        from benchmarks import input_pipeline_imagenet
+
+        result = input_pipeline_imagenet.run(RESULTS)
+        print(input_pipeline_imagenet.markdown(result))
+        return
     sources = (["cifar10 arrays"] if CIFAR10_DIR.is_dir() else []) + [
         "digits", "digits + cifar crop"]
     if not CIFAR10_DIR.is_dir():

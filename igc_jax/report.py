@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import sys
 from collections.abc import Iterable, Sequence
@@ -289,7 +290,7 @@ def plot_accuracy(runs: Sequence[Run], x: str, path: Path) -> None:
     if families:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _savefig(fig, path)
     plt.close(fig)
 
 
@@ -313,7 +314,7 @@ def plot_params_macs(runs: Sequence[Run], path: Path) -> None:
     handles = [h for a in (ax, ax2) for h in a.get_legend_handles_labels()[0]]
     ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _savefig(fig, path)
     plt.close(fig)
 
 
@@ -337,18 +338,25 @@ def plot_curves(runs: Sequence[Run], path: Path) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _savefig(fig, path)
     plt.close(fig)
 
 
 # ---------------------------------------------------------------- entry points
+
+def _savefig(fig, path) -> None:
+    """A PNG through epath (matplotlib writes local files only; `out` may be on gs://)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    path.write_bytes(buf.getvalue())
+
 
 def make_report(paths: Sequence[str], out: str | Path) -> tuple[list[Run], Path]:
     """Read every run under `paths`, write report.md, report.json and the plots into `out`."""
     runs = [load_run(w) for w in find_runs(paths)]
     add_counts(runs)
     runs.sort(key=sort_key)
-    out = Path(out)
+    out = _epath(str(out))
     out.mkdir(parents=True, exist_ok=True)
     plot_accuracy(runs, "params", out / PLOTS[0])
     plot_accuracy(runs, "macs", out / PLOTS[1])
@@ -360,8 +368,8 @@ def make_report(paths: Sequence[str], out: str | Path) -> tuple[list[Run], Path]
 
 
 def default_out(paths: Sequence[str]) -> str:
-    if len(paths) == 1 and not paths[0].startswith("gs://"):
-        return str(Path(paths[0]) / "report")
+    if len(paths) == 1:
+        return f"{paths[0].rstrip('/')}/report"   # string joining keeps gs:// intact
     return "report"
 
 

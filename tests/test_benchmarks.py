@@ -28,3 +28,21 @@ def test_torch_peer_runs_where_jax_runs(monkeypatch):
                         lambda self, *a, **k: seen.append(a[:1]) or original(self, *a, **k))
     torch_peer.igc_layer_times(2, 8, 8, 8, 4, 2, 1, backward=True, reps=1, device="cpu")
     assert seen and seen[0] == ("cpu",)
+
+
+def test_imagenet_benchmark_compares_the_same_transform():
+    """The benchmark's 'previous' path and the library's compute the same crops, jitter and
+    normalisation (to the ±1 rounding of the crop before the resize), so their rates compare."""
+    import numpy as np
+
+    from benchmarks import input_pipeline_imagenet as bench
+    from benchmarks.photos import photo_jpegs
+    from igc_jax.data import preprocess, randomness
+
+    jpegs = photo_jpegs(8)
+    u = randomness.example_uniforms(0, 0, np.arange(8), preprocess.NUM_UNIFORMS)
+    prep = preprocess.Preprocessing("imagenet", bench.NORM, bench.SIZE, bench.JITTER)
+    # One step of 1/255 of the range, scaled by the jitter (at most 1.4³) and 1/std (< 1/57).
+    np.testing.assert_allclose(prep.train(list(jpegs), u), bench.previous_train(jpegs, u),
+                               atol=0.05)
+    np.testing.assert_allclose(prep.eval(list(jpegs)), bench.previous_eval(jpegs), atol=0.02)

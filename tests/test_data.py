@@ -257,10 +257,10 @@ def test_real_cifar10_arrays_load_with_the_spec_statistics():
     c.dataset.name, c.dataset.data_dir = "arrays", str(CIFAR10_DIR)
     info = data.dataset_info(c.dataset)
     assert (info.num_train, info.num_eval, info.image_shape) == (50000, 10000, (32, 32, 3))
-    train = sources.open_split(c.dataset, "train")
+    train = sources.open_split(c.dataset, "train", info)
     images, labels = train.read(np.arange(len(train)))
     assert images.shape == (50000, 32, 32, 3) and np.bincount(labels).tolist() == [5000] * 10
     mean = images.reshape(-1, 3).mean(axis=0, dtype=np.float64)
     assert np.allclose(mean, preprocess.NORMALIZATION["cifar10"][0], atol=0.01)
-    test_images, _ = sources.open_split(c.dataset, "test").read(np.arange(10000))
+    test_images, _ = sources.open_split(c.dataset, "test", info).read(np.arange(10000))
     assert test_images.shape == (10000, 32, 32, 3)

@@ -141,13 +141,15 @@ def test_imagenet_sized_images_through_the_imagenet_preprocessing(tfds_dir):
     runs = [list(data.eval_batches(config, process_index=0, process_count=1)) for _ in range(2)]
     assert [len(r) for r in runs] == [2, 2]
     labels = np.concatenate([b["label"][b["mask"] == 1] for b in runs[0]])
-    _, stored = sources.open_split(config.dataset, "test").read(np.arange(7))
+    info = data.dataset_info(config.dataset)
+    _, stored = sources.open_split(config.dataset, "test", info).read(np.arange(7))
     assert labels.tolist() == stored.tolist() and sorted(labels.tolist()) == list(range(100, 107))
     assert all(np.array_equal(a["image"], b["image"]) for a, b in zip(*runs))
 
 
 def test_tfds_split_pickles_for_worker_processes(tfds_dir):
-    split = sources.open_split(_config("svhn_cropped", tfds_dir).dataset, "train")
+    config = _config("svhn_cropped", tfds_dir)
+    split = sources.open_split(config.dataset, "train", data.dataset_info(config.dataset))
     images, labels = split.read([0, 8, 9, 39])            # both parts: train then extra
     copy = pickle.loads(pickle.dumps(split))
     again, again_labels = copy.read([0, 8, 9, 39])
@@ -182,3 +184,43 @@ def test_an_unreadable_record_is_one_line_naming_the_files_and_the_index(tfds_di
     with pytest.raises(data.DataError, match=r"cannot read record \d+ of .*cifar10-train") as e:
         split.read(np.arange(len(split)))
     assert "\n" not in str(e.value)
+
+
+def test_imagenet_batches_are_the_same_with_0_and_2_worker_processes(tfds_dir):
+    """Batch k is a function of (seed, k, process index and count) only: worker processes (grain,
+    batches through shared memory) change nothing, also from a resumed step."""
+    config = _config("imagenet2012", tfds_dir, batch_size=4)
+    config.dataset.update(num_classes=1000, image_size=24, augment="imagenet",
+                          normalization="imagenet", num_workers=0)
+    info = data.dataset_info(config.dataset)
+    plain = data.train_iterator(config, info, process_index=1, process_count=2)
+    expected = [next(plain) for _ in range(7)]              # 10 steps per epoch of 2 per process
+    config.dataset.num_workers = 2
+    workers = data.train_iterator(config, info, process_index=1, process_count=2)
+    assert workers.num_workers == 2
+    for want in expected[:4]:
+        got = next(workers)
+        assert np.array_equal(got["image"], want["image"])
+        assert np.array_equal(got["label"], want["label"])
+    workers.set_state({"step": 5})
+    for want in expected[5:]:
+        assert np.array_equal(next(workers)["image"], want["image"])
+
+
+def test_num_workers_auto_is_sized_to_the_cpus_for_imagenet_only(monkeypatch):
+    from igc_jax.data import pipeline
+
+    c = configs.imagenet_recipe("IGC-L4M32+Ident.")
+    assert c.dataset.num_workers == -1
+    monkeypatch.setattr(pipeline, "available_cpus", lambda: 8)
+    assert pipeline.num_workers(c.dataset) == 7
+    monkeypatch.setattr(pipeline, "available_cpus", lambda: 1)
+    assert pipeline.num_workers(c.dataset) == 1
+    monkeypatch.setattr(pipeline, "available_cpus", lambda: 500)
+    assert pipeline.num_workers(c.dataset) == pipeline.MAX_AUTO_WORKERS
+    assert pipeline.num_workers(configs.base_config().dataset) == 0      # cifar: threads
+    c.dataset.num_workers = 3
+    assert pipeline.num_workers(c.dataset) == 3
+    c.dataset.num_workers = -2
+    with pytest.raises(ValueError, match="num_workers"):
+        pipeline.num_workers(c.dataset)

@@ -119,7 +119,7 @@ CASES: dict[str, Case] = {
                                    {}, 1),
     "batch not divisible by devices": (["--config.batch_size=30"],
                                        ("batch_size=30", "4 devices"), {}, 4),
-    "num_workers negative": (["--config.dataset.num_workers=-1"], ("dataset.num_workers",), {}, 1),
+    "num_workers negative": (["--config.dataset.num_workers=-2"], ("dataset.num_workers",), {}, 1),
     "color_jitter > 1": (["--config.dataset.color_jitter=2.0"], ("dataset.color_jitter",), {}, 1),
     "augment unknown": (["--config.dataset.augment=autoaugment"], ("augment", "autoaugment"),
                         {}, 1),

@@ -16,7 +16,8 @@ An experiment file in `experiments/` calls `base_config()` and sets what differs
   dataset.normalization     name of the mean/std constants (spec §4), e.g. "cifar10"
   dataset.augment           training augmentation: "cifar" | "imagenet" | "none"
   dataset.color_jitter      strength of the ImageNet colour jitter (0: off)
-  dataset.num_workers       data worker processes (0: threads in the training process)
+  dataset.num_workers       data worker processes: -1 = auto (sized to the CPUs for 'imagenet',
+                            0 otherwise; logged), else that number (0: threads in this process)
   batch_size, eval_batch_size   global batch sizes (divided over processes and devices)
   num_epochs | num_train_steps  training length (steps win when > 0)
   learning_rate, momentum, nesterov, weight_decay   SGD as spec §4 (L2 added to every gradient)
@@ -64,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
         "normalization": "cifar10",
         "augment": "cifar",
         "color_jitter": 0.4,
-        "num_workers": 0,
+        "num_workers": -1,
     })
     c.batch_size = 64
     c.eval_batch_size = 500
@@ -121,7 +122,7 @@ def imagenet_recipe(network: str) -> ml_collections.ConfigDict:
     c = base_config()
     c.model = networks.imagenet_model(network)
     c.dataset.update(name="imagenet2012", num_classes=1000, image_size=224,
-                     normalization="imagenet", augment="imagenet")
+                     normalization="imagenet", augment="imagenet", num_workers=-1)
     c.update(batch_size=256, eval_batch_size=400, num_epochs=100.0, learning_rate=0.1,
              momentum=0.9, nesterov=True, weight_decay=1e-4, lr_schedule="imagenet",
              dtype="bfloat16")

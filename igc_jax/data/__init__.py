@@ -2,9 +2,11 @@
 
 Public API (the trainer codes against it):
   dataset_info(config.dataset) -> DatasetInfo(name, num_classes, image_shape, num_train, num_eval)
+      (computed once by the trainer and passed to the two below)
   check_labels(config.dataset): labels in range, where they can be read apart from the images
-  train_iterator(config, process_index=, process_count=) -> TrainIterator (get_state / set_state)
-  eval_batches(config, process_index=, process_count=, split="test") -> iterator of
+  train_iterator(config, info, process_index=, process_count=) -> TrainIterator
+      (get_state / set_state)
+  eval_batches(config, info, process_index=, process_count=, split="test") -> iterator of
       {"image", "label", "mask"}
 Every data problem raises DataError (an igc_jax.errors.UserError) with a one-line message.
 """

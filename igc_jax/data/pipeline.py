@@ -5,8 +5,15 @@ epoch e = k // S has its own order (`randomness.epoch_permutation(seed, e, n)`),
 holds its positions [(k mod S)·B, (k mod S + 1)·B), and process p of P takes the p-th contiguous
 B/P of them. Augmentation draws from a hash of (seed, e, example index). So batch k is a pure
 function of (seed, k, p, P), the global batch does not even depend on P, and the iterator's whole
-state is the step. grain maps steps to batches with prefetching threads (and worker processes when
-dataset.num_workers > 0), keeping their order.
+state is the step. grain maps steps to batches with prefetching threads and, when
+dataset.num_workers > 0, worker processes that hand the batches back through shared memory; grain
+keeps their order, so the batches do not depend on the number of workers.
+
+dataset.num_workers = -1 (auto, the default) sizes the workers to the CPUs this process may run on:
+one per CPU but one (left to the training loop), at most MAX_AUTO_WORKERS, for the 'imagenet'
+augmentation (a JPEG decode and resize per image); 0 for the others, whose vectorised numpy
+preprocessing of in-memory arrays runs faster in threads than the workers' start (~13 s) repays
+(benchmarks/results/input_pipeline.md). The choice is logged once per setting.
 
 Evaluation walks the split in order; the global batches past its end are padded with zeros and
 `mask` 0, so every process yields the same number of batches and every example counts once.
@@ -15,6 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import logging
+import os
 import sys
 from typing import Any, Iterator
 
@@ -24,8 +34,45 @@ import numpy as np
 from igc_jax.data import preprocess, randomness, sources
 from igc_jax.errors import UserError
 
+log = logging.getLogger(__name__)
+
 READ_THREADS = 2        # threads building batches ahead of the training step
 PREFETCH_BATCHES = 4    # batches kept ready
+MAX_AUTO_WORKERS = 64   # each worker is a full Python process (its own imports and buffers)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:             # not Linux
+        return os.cpu_count() or 1
+
+
+def num_workers(dataset_cfg: Any) -> int:
+    """dataset.num_workers as a number: an int >= 0 as given, -1 (or "auto") sized to the host."""
+    value = dataset_cfg.get("num_workers", -1)
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        value = int(value)
+    if value in ("auto", -1):
+        return _auto_workers(dataset_cfg.augment, available_cpus())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"dataset.num_workers must be -1 (auto) or an integer >= 0, "
+                        f"got {value!r}")
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _auto_workers(augment: str, cpus: int) -> int:
+    if augment == "imagenet":
+        workers = min(max(cpus - 1, 1), MAX_AUTO_WORKERS)
+        log.warning("dataset.num_workers=auto: %d worker processes (%d CPUs available, one left "
+                    "to the training loop)", workers, cpus)
+    else:
+        workers = 0
+        log.warning("dataset.num_workers=auto: 0 worker processes (augment=%r preprocesses "
+                    "in-memory arrays faster in threads)", augment)
+    return workers
 
 
 def _local_batch(global_batch: int, process_index: int, process_count: int, what: str) -> int:
@@ -122,6 +169,10 @@ def _prefetched(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
                                               prefetch_buffer_size=PREFETCH_BATCHES))
     if num_workers > 0:
         _ensure_absl_flags_parsed()
+        # Each worker is one core's worth of work: one BLAS thread each (read at its start;
+        # numpy in this process has read it already), not one per core per worker.
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return it
 
@@ -189,29 +240,36 @@ class TrainIterator:
         self._step, self._iter = int(step), None
 
 
-def train_iterator(config: Any, *, process_index: int, process_count: int) -> TrainIterator:
-    """This process's share of the training batches of `config` (see the module docstring)."""
+def train_iterator(config: Any, info: sources.DatasetInfo | None = None, *, process_index: int,
+                   process_count: int) -> TrainIterator:
+    """This process's share of the training batches of `config` (see the module docstring).
+
+    `info` is `dataset_info(config.dataset)`, computed once by the caller (None: computed here,
+    for standalone use)."""
     _local_batch(config.batch_size, process_index, process_count, "batch_size")
-    info = sources.dataset_info(config.dataset)
+    info = info or sources.dataset_info(config.dataset)
     if info.num_train < config.batch_size:
         raise sources.DataError(f"batch_size={config.batch_size} exceeds the {info.num_train} "
                                 f"training examples of {info.name}")
-    batches = TrainBatches(sources.open_split(config.dataset, "train"),
+    batches = TrainBatches(sources.open_split(config.dataset, "train", info),
                            preprocessing(config.dataset), int(config.seed), config.batch_size,
                            process_index, process_count)
-    return TrainIterator(batches, num_workers=int(config.dataset.get("num_workers", 0)))
+    return TrainIterator(batches, num_workers=num_workers(config.dataset))
 
 
-def eval_batches(config: Any, *, process_index: int, process_count: int,
-                 split: str = "test") -> Iterator[dict[str, np.ndarray]]:
-    """This process's evaluation batches {"image", "label", "mask"} over the whole split, once."""
+def eval_batches(config: Any, info: sources.DatasetInfo | None = None, *, process_index: int,
+                 process_count: int, split: str = "test") -> Iterator[dict[str, np.ndarray]]:
+    """This process's evaluation batches {"image", "label", "mask"} over the whole split, once.
+
+    `info` as for `train_iterator`: passed by the trainer, so nothing is re-read per evaluation."""
     _local_batch(config.eval_batch_size, process_index, process_count, "eval_batch_size")
-    info = sources.dataset_info(config.dataset)
-    batches = EvalBatches(sources.open_split(config.dataset, split), preprocessing(config.dataset),
-                          info.image_shape, config.eval_batch_size, process_index, process_count)
+    info = info or sources.dataset_info(config.dataset)
+    batches = EvalBatches(sources.open_split(config.dataset, split, info),
+                          preprocessing(config.dataset), info.image_shape, config.eval_batch_size,
+                          process_index, process_count)
     steps = grain.MapDataset.range(batches.num_batches)
-    num_workers = int(config.dataset.get("num_workers", 0))
-    return _eval_batches(iter(_prefetched(steps.map(batches), num_workers)), batches, num_workers)
+    workers = num_workers(config.dataset)
+    return _eval_batches(iter(_prefetched(steps.map(batches), workers)), batches, workers)
 
 
 def _eval_batches(it: Iterator[dict[str, np.ndarray]], batches: EvalBatches,

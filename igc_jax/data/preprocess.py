@@ -6,15 +6,30 @@ batch is the same whichever process, worker or thread builds it, and a resumed r
 
 CIFAR-size work is vectorised over the batch (one gather for pad + crop + flip); ImageNet crops
 and resizes go through PIL one image at a time (the images differ in size), then the colour jitter
-and normalisation run on the whole batch.
+and normalisation run on the whole batch, as one per-image 3×3 colour matrix.
+
+ImageNet images may arrive as encoded JPEG bytes (TFDS records read without TFDS's decoding): the
+crop box is drawn from the stored size (read from the JPEG header, so the same box as for the
+decoded image), the JPEG is decoded by libjpeg-turbo (simplejpeg) at the smallest power-of-two DCT
+scale (1, 1/2, 1/4, 1/8) at which the box still has at least `size` pixels on each side, and only
+the box (plus the resampling filter's margin) is resized. The result stays within a PSNR bound of
+the full-resolution path (tests/test_data_jpeg.py); anything simplejpeg cannot decode (CMYK, PNG)
+goes through PIL at full resolution.
 """
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
+from typing import Union
 
 import numpy as np
+import simplejpeg
 from PIL import Image
+
+# An ImageNet-style image: decoded uint8 H×W×C, or the encoded file (JPEG, or anything PIL reads).
+Encoded = Union[bytes, np.ndarray]
+MAX_DCT_REDUCTION = 8              # libjpeg-turbo's scaled IDCT: 1/1, 1/2, 1/4, 1/8
 
 # Per-channel mean and std on the 0–255 scale, keyed by `config.dataset.normalization`.
 # cifar10 / cifar100 / svhn: spec §4. imagenet: the usual ImageNet statistics
@@ -108,23 +123,116 @@ def _array(image: Image.Image, channels: int) -> np.ndarray:
     return a[..., None] if channels == 1 else a
 
 
-def imagenet_train_crop(image: np.ndarray, u: np.ndarray, size: int) -> np.ndarray:
-    """uint8 H×W×C → a random scale/aspect crop, resized (bilinear) to size×size, maybe flipped."""
-    top, left, ch, cw = random_crop_box(image.shape[0], image.shape[1], u)
-    out = _pil(image).resize((size, size), Image.BILINEAR, box=(left, top, left + cw, top + ch))
-    out = _array(out, image.shape[-1])
+def _is_encoded(image: Encoded) -> bool:
+    return isinstance(image, (bytes, bytearray, memoryview)) or (
+        isinstance(image, np.ndarray) and image.ndim == 1 and image.dtype == np.uint8) or (
+        isinstance(image, np.ndarray) and image.dtype == object)
+
+
+def _bytes(image: Encoded) -> bytes:
+    if isinstance(image, np.ndarray) and image.dtype == object:
+        image = image.item()
+    return bytes(image) if not isinstance(image, bytes) else image
+
+
+def encoded_size(image: Encoded) -> tuple[int, int]:
+    """(height, width) of the stored image, from the JPEG header (or PIL's for other formats)."""
+    data = _bytes(image)
+    try:
+        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+        return h, w
+    except ValueError:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.height, im.width
+
+
+def dct_reduction(box_h: float, box_w: float, size: int) -> int:
+    """The largest k in 1, 2, 4, 8 with box_h/k and box_w/k both at least `size` pixels: the
+    reduction at which a box still covers a size×size output (no upsampling that full resolution
+    would not also do)."""
+    k = 1
+    while k < MAX_DCT_REDUCTION and min(box_h, box_w) >= 2 * k * size:
+        k *= 2
+    return k
+
+
+def decode(image: Encoded, channels: int, reduction: int = 1) -> np.ndarray:
+    """uint8 H'×W'×C of an encoded image, H' = ceil(H / reduction) (libjpeg-turbo's scaled
+    decode); non-JPEG or CMYK files go through PIL at full resolution."""
+    data = _bytes(image)
+    try:
+        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+        out = simplejpeg.decode_jpeg(
+            data, colorspace="GRAY" if channels == 1 else "RGB",
+            min_height=-(-h // reduction), min_width=-(-w // reduction))
+        return out if out.ndim == 3 else out[..., None]
+    except ValueError:
+        with Image.open(io.BytesIO(data)) as im:
+            return _array(im.convert("L" if channels == 1 else "RGB"), channels)
+
+
+def _resize_box(image: np.ndarray, box: tuple[float, float, float, float],
+                size: int) -> np.ndarray:
+    """The (x0, y0, x1, y1) box of `image` (float pixels) resized (bilinear) to size×size.
+
+    Only the box and the filter's support around it go to PIL (crop before resize); PIL's
+    antialiased bilinear filter reaches max(1, scale) pixels beyond the box, so a margin of
+    scale + 2 gives the result of resizing with the box on the whole image (to ±1: PIL's
+    fixed-point weights depend on the box's offset).
+    """
+    x0, y0, x1, y1 = box
+    margin = 2 + math.ceil(max(x1 - x0, y1 - y0) / size)
+    top, left = max(int(y0) - margin, 0), max(int(x0) - margin, 0)
+    bottom = min(math.ceil(y1) + margin, image.shape[0])
+    right = min(math.ceil(x1) + margin, image.shape[1])
+    sub = _pil(np.ascontiguousarray(image[top:bottom, left:right]))
+    out = sub.resize((size, size), Image.BILINEAR, box=(x0 - left, y0 - top, x1 - left, y1 - top))
+    return _array(out, image.shape[-1])
+
+
+def imagenet_train_crop(image: Encoded, u: np.ndarray, size: int,
+                        channels: int = 3) -> np.ndarray:
+    """uint8 H×W×C (or its encoded file) → a random scale/aspect crop, resized (bilinear) to
+    size×size, maybe flipped. The box depends only on the stored size and `u`; an encoded image is
+    decoded at the largest DCT reduction that keeps the box at least size×size."""
+    if _is_encoded(image):
+        h, w = encoded_size(image)
+        top, left, ch, cw = random_crop_box(h, w, u)
+        pixels = decode(image, channels, dct_reduction(ch, cw, size))
+        sy, sx = pixels.shape[0] / h, pixels.shape[1] / w
+    else:
+        pixels = image
+        top, left, ch, cw = random_crop_box(image.shape[0], image.shape[1], u)
+        sy = sx = 1.0
+    out = _resize_box(pixels, (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy), size)
     return out[:, ::-1] if u[_U_FLIP] < 0.5 else out
 
 
-def imagenet_eval_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize the short side to round(size·256/224) (bilinear), then the centre size×size crop."""
-    h, w = image.shape[:2]
+def eval_resize_shape(h: int, w: int, size: int) -> tuple[int, int]:
+    """(new_h, new_w): the short side resized to round(size·256/224), the aspect kept."""
     short = round(size * EVAL_RESIZE)
-    new_h, new_w = (short, max(round(w * short / h), short)) if h <= w else (
+    return (short, max(round(w * short / h), short)) if h <= w else (
         max(round(h * short / w), short), short)
-    resized = _array(_pil(image).resize((new_w, new_h), Image.BILINEAR), image.shape[-1])
+
+
+def imagenet_eval_crop(image: Encoded, size: int, channels: int = 3) -> np.ndarray:
+    """Resize the short side to round(size·256/224) (bilinear), then the centre size×size crop.
+
+    Done as one resize of the centre box (the crop before the resize, same scale and sample
+    positions); an encoded image is decoded at the largest DCT reduction that keeps the short side
+    at least round(size·256/224).
+    """
+    if _is_encoded(image):
+        h, w = encoded_size(image)
+        short = round(size * EVAL_RESIZE)
+        pixels = decode(image, channels, dct_reduction(min(h, w), min(h, w), short))
+    else:
+        pixels = image
+        h, w = image.shape[:2]
+    new_h, new_w = eval_resize_shape(h, w, size)
     top, left = (new_h - size) // 2, (new_w - size) // 2
-    return resized[top:top + size, left:left + size]
+    sy, sx = pixels.shape[0] / new_h, pixels.shape[1] / new_w
+    return _resize_box(pixels, (left * sx, top * sy, (left + size) * sx, (top + size) * sy), size)
 
 
 def color_jitter(images: np.ndarray, u: np.ndarray, strength: float) -> np.ndarray:
@@ -138,6 +246,47 @@ def color_jitter(images: np.ndarray, u: np.ndarray, strength: float) -> np.ndarr
         gray = _gray(x)
         x = (x - gray) * factors[:, 2, None, None, None] + gray
     return np.clip(x, 0.0, 255.0)
+
+
+_LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
+
+
+def color_jitter_normalize(images: np.ndarray | list[np.ndarray], u: np.ndarray, strength: float,
+                           normalization: str) -> np.ndarray:
+    """`normalize(color_jitter(images, u, strength), normalization)` in one pass per image.
+
+    Brightness b, contrast c (about the mean luma m) and saturation s (about the pixel's luma g)
+    compose to one affine map per image: x → b·c·s·x + b·c·(1−s)·g + b·(1−c)·m, i.e. a 3×3 matrix
+    and a bias; the normalisation folds into both, and the clip to [0, 255] becomes a clip to
+    the normalised images of 0 and 255. Equal to the two-step form up to float32 rounding.
+    Per image (the data stays in cache), with the per-channel bias and bounds tiled along a row:
+    numpy broadcasts a length-3 vector over (N, 3) about ten times slower than over (H, W·3).
+    `images` may be a list of equal-shape H×W×3 arrays (the crops, not stacked first).
+    """
+    if isinstance(images, list) and (not images or images[0].shape[-1] != 3):
+        images = np.stack(images)
+    if isinstance(images, np.ndarray) and (images.ndim != 4 or images.shape[-1] != 3):
+        return normalize(color_jitter(images, u, strength), normalization)
+    f = (1.0 + strength * (2.0 * u[:, _U_JITTER:_U_JITTER + 3] - 1.0)).astype(np.float32)
+    b, c, s = f[:, 0], f[:, 1], f[:, 2]
+    n, (h, w, _) = len(images), images[0].shape
+    mean, std = (np.asarray(v, np.float32) for v in NORMALIZATION[normalization])
+    scale = np.float32(1.0) / std
+    lo, hi = np.tile(-mean * scale, w), np.tile((255.0 - mean) * scale, w)
+    matrix = (b * c * s)[:, None, None] * np.eye(3, dtype=np.float32) + (
+        (b * c * (1 - s))[:, None, None] * _LUMA[None, :, None])
+    matrix *= scale
+    ones = np.ones((1, h * w), np.float32)
+    out = np.empty((n, h, w, 3), np.float32)
+    for i in range(n):
+        x = images[i].reshape(h * w, 3).astype(np.float32)
+        luma_mean = float((ones @ x)[0] @ _LUMA) / (h * w)
+        row = out[i].reshape(h, w * 3)
+        np.matmul(x, matrix[i], out=row.reshape(h * w, 3))
+        row += np.tile((b[i] * (1 - c[i]) * luma_mean - mean) * scale, w)
+        np.maximum(row, lo, out=row)
+        np.minimum(row, hi, out=row)
+    return out
 
 
 def _gray(x: np.ndarray) -> np.ndarray:
@@ -156,15 +305,21 @@ class Preprocessing:
     image_size: int
     color_jitter: float = DEFAULT_COLOR_JITTER
 
+    @property
+    def channels(self) -> int:
+        """Channels of the normalisation constants: what encoded images are decoded to."""
+        return len(NORMALIZATION[self.normalization][0])
+
     def train(self, images: np.ndarray | list[np.ndarray], u: np.ndarray) -> np.ndarray:
         """A batch of uint8 images (array, or list for ImageNet) → float32 normalised B×S×S×C."""
         if self.augment == "cifar":
             x = pad_crop_flip(images, u)
         elif self.augment == "imagenet":
-            x = np.stack([imagenet_train_crop(im, ui, self.image_size)
-                          for im, ui in zip(images, u)])
+            crops = [imagenet_train_crop(im, ui, self.image_size, self.channels)
+                     for im, ui in zip(images, u)]
             if self.color_jitter > 0:
-                x = color_jitter(x, u, self.color_jitter)
+                return color_jitter_normalize(crops, u, self.color_jitter, self.normalization)
+            x = np.stack(crops)
         else:
             x = images
         return normalize(x, self.normalization)
@@ -172,5 +327,6 @@ class Preprocessing:
     def eval(self, images: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """Deterministic: ImageNet short-side resize + centre crop, else the images as stored."""
         if self.augment == "imagenet":
-            images = np.stack([imagenet_eval_crop(im, self.image_size) for im in images])
+            images = np.stack([imagenet_eval_crop(im, self.image_size, self.channels)
+                               for im in images])
         return normalize(images, self.normalization)

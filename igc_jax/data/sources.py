@@ -3,20 +3,30 @@
 Each source opens as a `Split`: a random-access, picklable reader of (uint8 images, int32 labels)
 that loads or opens its data on first use, so grain worker processes receive only the recipe.
 `dataset_info` reads sizes and shapes from metadata alone (TFDS's dataset_info.json, the .npy
-headers inside the .npz files), never the images.
+headers inside the .npz files), never the images; the caller computes it once and passes it to
+`open_split` and the pipeline.
+
+Paths go through etils epath, so a TFDS data dir may be on gs:// (gcsfs). ArrayRecord itself
+reads only local files (its open-source reader opens POSIX paths; on gs:// it does not work), so
+a dataset under gs:// is copied once, file by file, to a local cache
+($IGC_JAX_DATA_CACHE, default ~/.cache/igc_jax/tfds) and read from there; the copy is logged,
+and a cache without room for it stops with a one-line DataError saying what to do.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import glob
+import logging
 import os
+import shutil
 import threading
 import zipfile
 import zlib
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
+from etils import epath
 
 from igc_jax.data import preprocess
 from igc_jax.errors import UserError
@@ -37,6 +47,8 @@ SPLITS = ("train", "test")
 DIGITS_TRAIN = 1347
 DIGITS_TOTAL = 1797
 DIGITS_SHAPE = (8, 8, 1)
+
+log = logging.getLogger(__name__)
 
 # Prefetch threads ask for the data at the same moment: load (or open) it once.
 _LOAD_LOCK = threading.Lock()
@@ -191,6 +203,9 @@ def _arrays_dir(dataset_cfg: Any) -> str:
     directory = dataset_cfg.data_dir
     if not directory:
         raise DataError(f"dataset 'arrays' needs dataset.data_dir: {ARRAYS_FORMAT}")
+    if is_remote(directory):
+        raise DataError(f"dataset 'arrays' reads local .npz files only, not {directory}; "
+                        "copy them to a local folder")
     if not os.path.isdir(directory):
         raise DataError(f"arrays data directory {directory} does not exist; "
                         f"expected {ARRAYS_FORMAT}")
@@ -213,12 +228,61 @@ def _prepare_hint(name: str, data_dir: str) -> str:
             f"tfds build {name} --data_dir={data_dir} --file_format=array_record")
 
 
+def is_remote(path: str) -> bool:
+    """True for object-store paths (gs://, s3://...), which only epath can open."""
+    return "://" in str(path)
+
+
+def data_cache_dir() -> epath.Path:
+    """Where remote ArrayRecord datasets are copied: $IGC_JAX_DATA_CACHE, else
+    ~/.cache/igc_jax/tfds."""
+    return epath.Path(os.environ.get("IGC_JAX_DATA_CACHE")
+                      or os.path.join(os.path.expanduser("~"), ".cache", "igc_jax", "tfds"))
+
+
+def _local_copy(remote_root: str, version_dir: epath.Path) -> str:
+    """A local TFDS data dir holding a complete copy of `version_dir` (under `remote_root`).
+
+    Copied once (into a temporary folder, renamed when complete, so a killed copy is redone);
+    later calls, and worker processes, find it in place.
+    """
+    relative = str(version_dir)[len(str(remote_root).rstrip("/")) + 1:]
+    root = data_cache_dir() / str(remote_root).replace("://", "/")
+    local = root / relative
+    if (local / "dataset_info.json").exists():
+        return str(root)
+    files = [f for f in version_dir.iterdir() if not f.is_dir()]
+    need = sum(f.stat().length for f in files)
+    cache = data_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(str(cache)).free
+    if need > 0.95 * free:
+        raise DataError(f"ArrayRecord reads local files only: {version_dir} ({need / 1e9:.1f} GB) "
+                        f"must be copied to {cache}, which has {free / 1e9:.1f} GB free; set "
+                        f"IGC_JAX_DATA_CACHE to a local disk with room, or copy it yourself "
+                        f"(gcloud storage cp -r) and set dataset.data_dir to the copy")
+    log.warning("ArrayRecord reads local files only: copying %s (%d files, %.2f GB) to %s once",
+                version_dir, len(files), need / 1e9, local)
+    tmp = local.parent / f".{local.name}.incomplete-{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        with f.open("rb") as src, (tmp / f.name).open("wb") as dst:
+            shutil.copyfileobj(src, dst, 16 << 20)
+    if (local / "dataset_info.json").exists():      # another process finished first
+        shutil.rmtree(str(tmp))
+    else:
+        os.replace(str(tmp), str(local))
+    return str(root)
+
+
 @functools.lru_cache(maxsize=8)
 def _tfds_builder(name: str, data_dir: str) -> Any:
-    """The prepared builder (code builder, metadata from disk); DataError if not prepared."""
+    """The prepared builder (code builder, metadata from disk); DataError if not prepared.
+
+    A remote data dir is checked there, then replaced by its local copy (`_local_copy`)."""
     import tensorflow_datasets as tfds
 
-    if not os.path.isdir(data_dir):
+    if not epath.Path(data_dir).is_dir():
         raise DataError(f"TFDS data directory {data_dir} does not exist; "
                         f"{_prepare_hint(name, data_dir)}")
     builder = tfds.builder(name, data_dir=data_dir)
@@ -230,15 +294,31 @@ def _tfds_builder(name: str, data_dir: str) -> Any:
         stored = getattr(file_format, "value", file_format)
         raise DataError(f"TFDS dataset {name} in {builder.data_path} is stored as {stored}, not "
                         f"array_record (needed for random access); {_prepare_hint(name, data_dir)}")
+    if is_remote(data_dir):
+        return _tfds_builder(name, _local_copy(data_dir, epath.Path(builder.data_path)))
     return builder
 
 
-class TfdsSplit:
-    """One or more TFDS splits read as one, through `builder.as_data_source` (no TensorFlow)."""
+def _skip_image_decoding() -> dict:
+    import tensorflow_datasets as tfds
 
-    def __init__(self, name: str, data_dir: str, splits: Sequence[str]):
+    return {"image": tfds.decode.SkipDecoding()}
+
+
+class TfdsSplit:
+    """One or more TFDS splits read as one, through `builder.as_data_source` (no TensorFlow).
+
+    With `encoded`, images come back as the stored JPEG bytes (TFDS's decoding skipped), for
+    `preprocess` to decode at a reduced scale.
+    """
+
+    def __init__(self, name: str, data_dir: str, splits: Sequence[str], encoded: bool = False):
+        builder = _tfds_builder(name, data_dir)
+        # The local data dir (a remote one's copy), so that worker processes open it directly.
+        data_dir = str(epath.Path(builder.data_path).parent.parent)
         self.name, self.data_dir, self.splits = name, data_dir, tuple(splits)
-        info = _tfds_builder(name, data_dir).info
+        self.encoded = encoded
+        info = builder.info
         sizes = [info.splits[s].num_examples for s in self.splits]
         self._offsets = np.cumsum([0, *sizes])
         self._sources: list[Any] | None = None
@@ -253,7 +333,9 @@ class TfdsSplit:
         with _LOAD_LOCK:
             if self._sources is None:
                 builder = _tfds_builder(self.name, self.data_dir)
-                self._sources = [builder.as_data_source(split=s) for s in self.splits]
+                decoders = _skip_image_decoding() if self.encoded else None
+                self._sources = [builder.as_data_source(split=s, decoders=decoders)
+                                 for s in self.splits]
         return self._sources
 
     def _read_records(self, k: int, keys: list[int]) -> list[Any]:
@@ -287,6 +369,8 @@ class TfdsSplit:
                 records[i] = record
         images = [r["image"] for r in records]
         labels = np.asarray([r["label"] for r in records], dtype=np.int32)
+        if self.encoded:
+            return images, labels
         if images and all(im.shape == images[0].shape for im in images):
             return np.stack(images), labels
         return images, labels
@@ -350,11 +434,11 @@ def dataset_info(dataset_cfg: Any) -> DatasetInfo:
     return DatasetInfo(dataset_cfg.name, num_classes, (size, size, c), num_train, num_eval)
 
 
-def open_split(dataset_cfg: Any, split: str) -> Split:
-    """The reader of split 'train' or 'test' (for imagenet2012, 'test' is TFDS's validation)."""
+def open_split(dataset_cfg: Any, split: str, info: DatasetInfo) -> Split:
+    """The reader of split 'train' or 'test' (for imagenet2012, 'test' is TFDS's validation);
+    `info` is `dataset_info(dataset_cfg)`, computed once by the caller."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
-    info = dataset_info(dataset_cfg)
     size = info.num_train if split == "train" else info.num_eval
     name = dataset_cfg.name
     if name == "digits":
@@ -364,4 +448,5 @@ def open_split(dataset_cfg: Any, split: str) -> Split:
         return ArraySplit(functools.partial(load_npz, files, dataset_cfg.num_classes), size)
     train_splits, eval_split = TFDS_SPLITS[name]
     return TfdsSplit(name, tfds_data_dir(dataset_cfg),
-                     train_splits if split == "train" else (eval_split,))
+                     train_splits if split == "train" else (eval_split,),
+                     encoded=dataset_cfg.augment == "imagenet")

@@ -1,14 +1,15 @@
 """Orbax checkpoints of the training state and the data iterator, under `<workdir>/checkpoints`.
 
-Saves are atomic (orbax writes to a temporary directory, then renames) and synchronous, so a kill
-during a write leaves the previous checkpoints intact and never costs more than one interval. A checkpoint that cannot be read back is moved aside to
-`<workdir>/checkpoints_corrupt/` (never deleted) and the next older one is used.
+Saves are atomic (orbax writes to a temporary directory, then renames; on gs:// it marks a
+finished checkpoint with commit_success.txt) and synchronous, so a kill during a write leaves the
+previous checkpoints intact and never costs more than one interval. A checkpoint that cannot be
+read back is moved aside to `<workdir>/checkpoints_corrupt/` (never deleted) and the next older
+one is used. Every path goes through etils epath, so the workdir may be local or gs://.
 """
 from __future__ import annotations
 
 import logging
-import shutil
-from pathlib import Path
+import os
 from typing import Any
 
 import jax
@@ -31,6 +32,29 @@ def _param_shapes(params: Any) -> dict[str, tuple[int, ...]]:
             for path, leaf in flat}
 
 
+def move_tree(src: epath.Path, dst: epath.Path) -> None:
+    """Move a directory tree, locally by one rename; on an object store (gs://), which has no
+    directories to rename, by copying every object, then deleting the source."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if "://" not in str(src):
+        os.replace(src, dst)
+        return
+    for f in files_under(src):
+        target = dst / str(f)[len(str(src)) + 1:]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(f.read_bytes())
+    src.rmtree()
+
+
+def files_under(directory: epath.Path) -> list[epath.Path]:
+    """Every file below `directory`, listed level by level (epath has no recursive glob on
+    gs://)."""
+    out = []
+    for p in directory.iterdir():
+        out.extend(files_under(p) if p.is_dir() else [p])
+    return out
+
+
 class Checkpointer:
     """The last `keep` checkpoints of {state, data iterator state}, one directory per step."""
 
@@ -51,8 +75,11 @@ class Checkpointer:
         """Save and wait until it is committed, so a kill never loses more than one interval.
 
         (An asynchronous save still being written when the process dies would lose the steps
-        run during the write as well.)
+        run during the write as well.) A step saved already (a SIGTERM right after a periodic
+        save) is not written again: orbax refuses a second save of one step.
         """
+        if step in self.manager.all_steps():
+            return
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
         self.manager.wait_until_finished()
@@ -87,8 +114,8 @@ class Checkpointer:
             except Exception as e:  # orbax/tensorstore raise many types for a damaged directory
                 reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
                 self._quarantine(step)
-                log.warning("checkpoint at step %d is unreadable (%s); moved to %s, trying an older one",
-                            step, reason, self.corrupt_dir)
+                log.warning("checkpoint at step %d is unreadable (%s); moved to %s, trying an "
+                            "older one", step, reason, self.corrupt_dir)
         return None
 
     def _saved_param_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
@@ -98,12 +125,10 @@ class Checkpointer:
 
     def _quarantine(self, step: int) -> None:
         if jax.process_index() == 0:  # one process moves it; the others wait below
-            src = Path(str(self.directory / str(step)))
-            dst = Path(str(self.corrupt_dir)) / str(step)
-            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst = self.corrupt_dir / str(step)
             if dst.exists():
-                shutil.rmtree(dst)  # an older quarantined copy of the same step
-            shutil.move(str(src), str(dst))
+                dst.rmtree()  # an older quarantined copy of the same step
+            move_tree(self.directory / str(step), dst)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")

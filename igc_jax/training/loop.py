@@ -84,8 +84,12 @@ def check_resumable(workdir: epath.Path, config: ml_collections.ConfigDict, allo
 
 def write_json(path: epath.Path, obj: dict) -> None:
     if jax.process_index() == 0:
+        text = json.dumps(obj, indent=1, sort_keys=True)
+        if "://" in str(path):  # an object store writes whole objects atomically (no rename)
+            path.write_text(text)
+            return
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+        tmp.write_text(text)
         tmp.replace(path)
 
 
@@ -175,11 +179,12 @@ class Profiler:
 
 # ---------------------------------------------------------------- the loop
 
-def evaluate(eval_fn, state, config, mesh, stop: Callable[[int], bool]) -> dict | None:
+def evaluate(eval_fn, state, config, mesh, stop: Callable[[int], bool],
+             info: data.DatasetInfo | None = None) -> dict | None:
     """Top-1/top-5 and loss over the whole test split, exactly once; None if stopped midway
     (`stop(i)` is asked before eval batch i: every process sees the same batch count)."""
     totals = None
-    for i, local in enumerate(data.eval_batches(config, process_index=jax.process_index(),
+    for i, local in enumerate(data.eval_batches(config, info, process_index=jax.process_index(),
                                                 process_count=jax.process_count())):
         if stop(i):
             return None
@@ -222,7 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     profile = Profiler(config.profile_steps, wd / "tensorboard")
 
     checkpointer = ckpt_lib.Checkpointer(str(wd), keep=config.keep_checkpoints)
-    train_iter = data.train_iterator(config, process_index=jax.process_index(),
+    train_iter = data.train_iterator(config, info, process_index=jax.process_index(),
                                      process_count=jax.process_count())
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             state, state_shardings)
@@ -282,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 out_of_time = config.max_train_seconds > 0 and time.time() - t_start > config.max_train_seconds
                 if step % eval_every == 0 or step == num_steps or out_of_time:
                     _check_finite(prev, last_saved)
-                    result = evaluate(eval_fn, state, config, mesh, sigterm)
+                    result = evaluate(eval_fn, state, config, mesh, sigterm, info)
                     if result is None:
                         save(step)
                         raise Preempted(f"preempted during evaluation: checkpoint saved at step {step}")

@@ -1,12 +1,16 @@
 """What a user sees of a run: metrics.jsonl, TensorBoard events (no TensorFlow), a progress bar.
 
-Only process 0 writes; every other process gets a disabled log.
+Only process 0 writes; every other process gets a disabled log. Paths go through etils epath: on
+an object store (gs://), which cannot append, metrics.jsonl is rewritten whole at each record and
+the TensorBoard events are written to a local staging folder and copied to
+<workdir>/tensorboard at every flush.
 """
 from __future__ import annotations
 
 import json
 import logging
 import sys
+import tempfile
 from typing import Any
 
 from etils import epath
@@ -44,11 +48,16 @@ class MetricsLog:
         # Object stores (gs://) cannot append: there the whole file is rewritten each time.
         self._local = not str(workdir).startswith(("gs://", "s3://"))
         self._records = read_metrics(self.path) if enabled else []
+        self._tensorboard = workdir / "tensorboard"
+        self._staging: tempfile.TemporaryDirectory | None = None
         if enabled:
             from tensorboardX import SummaryWriter
+            if not self._local:
+                self._staging = tempfile.TemporaryDirectory(prefix="igc_tensorboard_")
             try:
-                self._writer = SummaryWriter(str(workdir / "tensorboard"))
-            except Exception as e:  # e.g. a bucket without a tensorboardX backend
+                self._writer = SummaryWriter(self._staging.name if self._staging
+                                             else str(self._tensorboard))
+            except Exception as e:  # e.g. an unwritable directory
                 log.warning("no TensorBoard events (%s); metrics.jsonl has everything", e)
 
     def progress(self, num_steps: int, start: int) -> _Progress:
@@ -70,6 +79,15 @@ class MetricsLog:
             if k not in ("kind", "step", "epoch") and isinstance(v, (int, float)):
                 self._writer.add_scalar(f"{record['kind']}/{k}", v, record["step"])
         self._writer.flush()
+        self._upload_events()
+
+    def _upload_events(self) -> None:
+        """Copy the staged event files to the remote workdir (each is rewritten whole)."""
+        if self._staging is None:
+            return
+        self._tensorboard.mkdir(parents=True, exist_ok=True)
+        for f in epath.Path(self._staging.name).glob("events.out.tfevents.*"):
+            (self._tensorboard / f.name).write_bytes(f.read_bytes())
 
     def train(self, step: int, epoch: float, m: dict, images_per_sec: float) -> None:
         rec = {"kind": "train", "step": step, "epoch": round(epoch, 4),
@@ -105,6 +123,9 @@ class MetricsLog:
             self._bar.close()
         if self._writer is not None:
             self._writer.close()
+            self._upload_events()
+        if self._staging is not None:
+            self._staging.cleanup()
 
 
 def read_metrics(path: epath.PathLike) -> list[dict]:

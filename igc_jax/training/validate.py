@@ -76,6 +76,12 @@ def _any_int(key: str, v: Any) -> None:
         raise UserError(f"{key} must be an integer, got {v!r}")
 
 
+def _num_workers(key: str, v: Any) -> None:
+    if not _is_int(v) or v < -1:
+        raise UserError(f"{key} must be -1 (auto: sized to the CPUs) or an integer >= 0, "
+                        f"got {v!r}")
+
+
 def _profile_steps(key: str, v: Any) -> None:
     if v == "":
         return
@@ -94,7 +100,7 @@ FIELDS: dict[str, Callable[[str, Any], None]] = {
     "dataset.normalization": _choice(tuple(data.NORMALIZATION)),
     "dataset.augment": _choice(data.AUGMENTATIONS),
     "dataset.color_jitter": _number(0.0, 1.0),
-    "dataset.num_workers": _int(0),
+    "dataset.num_workers": _num_workers,
     "batch_size": _int(1),
     "eval_batch_size": _int(1),
     "num_epochs": _number(0.0),
