@@ -23,7 +23,7 @@ RUNS = {
 
 
 def fabricate(workdir: Path, name: str, state: str, top1: list[float]) -> None:
-    """What igc_jax.train leaves in a workdir: config.json, metrics.jsonl, status.json."""
+    """What igc_jax.training.loop leaves in a workdir: config.json, metrics.jsonl, status.json."""
     workdir.mkdir(parents=True)
     (workdir / "config.json").write_text(DEPTH.get_config(name).to_json_best_effort(indent=1))
     lines = []

@@ -15,14 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("igc_jax.train") is None,
-                       reason="igc_jax.train (the training loop) does not exist yet"),
+    pytest.mark.skipif(importlib.util.find_spec("igc_jax.training.loop") is None,
+                       reason="igc_jax.training.loop (the training loop) does not exist"),
 ]
 
 # Two points on the quick-start config (digits, 8×8): an IGC net and a RegConv net, both D=5.
 SWEEP = '''
 from pathlib import Path
-from igc_jax import sweep
+from igc_jax import configs, sweep
 
 QUICKSTART = Path({quickstart!r})
 
