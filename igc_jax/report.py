@@ -3,8 +3,8 @@
     python -m igc_jax.report runs/cifar100_lm [runs/cifar10_depth/D8-IGC-L24M2 ...] [--out DIR]
 
 Each argument is a run workdir (it holds config.json / status.json / metrics.jsonl, written by
-`igc_jax.training.loop`) or a sweep root (one run workdir per point below it). Writes to DIR (default:
-`report/` under the single argument, else `./report`):
+`igc_jax.training.loop`) or a sweep root (one run workdir per point below it). Writes to DIR
+(default: `report/` under the single argument, else `./report`):
   report.md             one row per run: network, L, M, depth, parameters, multiply-adds, best
                         and final test top-1, images/s, steps, status; then the plots
   report.json           the same rows, machine-readable

@@ -41,7 +41,8 @@ NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "svhn": ((111.609, 113.161, 120.565), (50.498, 51.259, 50.244)),
     "imagenet": ((123.675, 116.280, 103.530), (58.395, 57.120, 57.375)),
     "digits": ((77.973,), (95.735,)),
-    # The authors' train_imagenet.py default, for their released MXNet weights (igc_jax.convert_mxnet).
+    # The authors' train_imagenet.py default, for their released MXNet weights
+    # (igc_jax.convert_mxnet).
     "imagenet_igc_mxnet": ((123.370, 112.757, 99.406), (68.998, 66.093, 68.292)),
 }
 AUGMENTATIONS = ("cifar", "imagenet", "none")

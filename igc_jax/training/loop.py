@@ -62,7 +62,8 @@ def flatten_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return out
 
 
-def check_resumable(workdir: epath.Path, config: ml_collections.ConfigDict, allow_change: bool) -> None:
+def check_resumable(workdir: epath.Path, config: ml_collections.ConfigDict,
+                    allow_change: bool) -> None:
     """Refuse to resume a workdir whose saved run trains another model or dataset."""
     saved_path = workdir / "config.json"
     if allow_change or not saved_path.exists():
@@ -75,7 +76,8 @@ def check_resumable(workdir: epath.Path, config: ml_collections.ConfigDict, allo
                         "workdir") from None
     new = flatten_config(config)
     diff = [k for k in sorted(set(saved) | set(new))
-            if k.startswith(_FROZEN_PREFIXES) and k not in _MUTABLE_KEYS and saved.get(k) != new.get(k)]
+            if k.startswith(_FROZEN_PREFIXES) and k not in _MUTABLE_KEYS
+            and saved.get(k) != new.get(k)]
     if diff:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in diff)
         raise ConfigMismatch(f"workdir {workdir} holds a run with another config ({shown}); "
@@ -284,13 +286,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                         metrics_log.train(step, step / steps_per_epoch, m, ips)
                         status["images_per_sec"] = ips
                 progress.update(step)
-                out_of_time = config.max_train_seconds > 0 and time.time() - t_start > config.max_train_seconds
+                out_of_time = (config.max_train_seconds > 0
+                               and time.time() - t_start > config.max_train_seconds)
                 if step % eval_every == 0 or step == num_steps or out_of_time:
                     _check_finite(prev, last_saved)
                     result = evaluate(eval_fn, state, config, mesh, sigterm, info)
                     if result is None:
                         save(step)
-                        raise Preempted(f"preempted during evaluation: checkpoint saved at step {step}")
+                        raise Preempted(f"preempted during evaluation: checkpoint saved at "
+                                        f"step {step}")
                     metrics_log.eval(step, step / steps_per_epoch, result)
                     status.update(metrics_log.best_and_final())
                 if step % config.checkpoint_every_steps == 0 or step == num_steps or out_of_time:
@@ -298,7 +302,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                     save(step)
                 status["step"] = step
                 if out_of_time:
-                    status["message"] = f"time budget of {config.max_train_seconds:.0f}s reached at step {step}"
+                    status["message"] = (f"time budget of {config.max_train_seconds:.0f}s "
+                                         f"reached at step {step}")
                     break
         status["status"] = "finished"
         return status
@@ -306,7 +311,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         status.update(status="preempted", step=step, message=str(e))
         raise
     except Exception as e:
-        status.update(status="failed", step=step, message=str(e).splitlines()[0] if str(e) else repr(e))
+        status.update(status="failed", step=step,
+                      message=str(e).splitlines()[0] if str(e) else repr(e))
         raise
     finally:
         profile.stop()

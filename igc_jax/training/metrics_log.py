@@ -92,7 +92,8 @@ class MetricsLog:
     def train(self, step: int, epoch: float, m: dict, images_per_sec: float) -> None:
         rec = {"kind": "train", "step": step, "epoch": round(epoch, 4),
                "loss": float(m["loss"]), "accuracy": float(m["accuracy"]),
-               "learning_rate": float(m["learning_rate"]), "images_per_sec": round(images_per_sec, 2)}
+               "learning_rate": float(m["learning_rate"]),
+               "images_per_sec": round(images_per_sec, 2)}
         self._write(rec)
         if self._bar is not None:
             self._bar.describe(epoch=f"{epoch:.2f}", loss=f"{rec['loss']:.4f}",
