@@ -391,7 +391,7 @@ def load_config(net: Network):
 
 def time_step(net: Network, mode: str, batch: dict, mesh, *, macs: int, ceil: dict, steps: int,
               repeats: int) -> dict:
-    """Seconds per jitted training step (igc_jax.train) of one network in one conv mode."""
+    """Seconds per jitted training step (igc_jax.training.steps) of one network in one conv mode."""
     config = load_config(net)
     config.conv_mode = mode
     size = config.dataset.image_size

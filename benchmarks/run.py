@@ -161,7 +161,7 @@ def bench_layers(suite: str, quick: bool, dtype, ceil: roofline.Ceilings, torch_
                             or (mode == "split" and L > 64))
             for kind, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
                 if out_of_range:
-                    entry[kind] = {"skipped": "outside the mode's range (ops.cpu_costs)"}
+                    entry[kind] = {"skipped": "outside the mode's range (igc_jax.igc.select)"}
                     continue
                 if suite == "cpu" and mode == "grouped" and imagenet and not quick:
                     entry[kind] = {"skipped": "XLA CPU grouped conv: tens of seconds per call"}

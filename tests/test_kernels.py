@@ -1,5 +1,5 @@
-"""Property tests of the kernel algebra in igc_jax.kernels (spec §1): shuffles, P, block-diagonal
-embedding, the composed kernel W = Pᵀ W^d P W^p and its factorisation."""
+"""Property tests of the kernel algebra in igc_jax.igc.kernels (spec §1): shuffles, P,
+block-diagonal embedding, the composed kernel W = Pᵀ W^d P W^p and its factorisation."""
 from __future__ import annotations
 
 import numpy as np

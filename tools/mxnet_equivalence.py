@@ -65,7 +65,7 @@ def markdown(rows: list[dict], modes: list[str]) -> str:
         "Difference: max |igc-jax − MXNet| over all logits / max |MXNet logit|.",
         "Made by `tools/make_mxnet_fixture.py official` and `tools/mxnet_equivalence.py`;",
         "timings (in the json) include compilation on a shared, noisy 2-core machine.",
-        "The modes are igc_jax.ops's ways to compute an IGC layer; the ResNets have none, so",
+        "The modes are igc_jax.igc.modes's ways to compute an IGC layer; the ResNets have none, so",
         "their three columns are one computation.",
         "",
         "| symbol | igc-jax config | params | images | max abs. logit | "
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="output path without extension")
     parser.add_argument("--modes", default="composed,grouped,shift",
-                        help="comma-separated igc_jax.ops modes (ResNets have no IGC layer)")
+                        help="comma-separated igc_jax.igc.modes modes (ResNets have no IGC layer)")
     args = parser.parse_args()
     modes = args.modes.split(",")
     names = sorted(p.name.removesuffix("-logits.npz") for p in args.dir.glob("*-logits.npz"))
