@@ -33,13 +33,14 @@ spec = importlib.util.spec_from_file_location("exp", path.split(":")[0])
 module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
 config = module.get_config(path.split(":")[1] if ":" in path else None)
 config.batch_size = batch
-try:
+try:  # the old flat layout first (an editable install would map missing new modules elsewhere)
+    from igc_jax import sharding, train as lib
+    model = lib.make_model(config)
+except ImportError:
     from igc_jax.training import sharding, steps as lib
     from igc_jax.igc import select
     model = lib.make_model(config, select.detect_context())
-except ImportError:
-    from igc_jax import sharding, train as lib
-    model = lib.make_model(config)
+print(lib.__file__, file=sys.stderr)
 mesh = sharding.make_mesh(jax.devices()[:1])
 schedule = lib.learning_rate_schedule(config, 100, 10000)
 tx = lib.make_optimizer(config, schedule)
@@ -66,6 +67,9 @@ def probe(checkout: Path, config: str, batch: int, steps: int) -> dict:
                        cwd=checkout, env=env, capture_output=True, text=True, timeout=1200)
     if r.returncode:
         raise RuntimeError(f"{checkout}: {r.stderr[-2000:]}")
+    loaded = [line for line in r.stderr.splitlines() if line.endswith(".py")][-1]
+    if not loaded.startswith(str(checkout)):
+        raise RuntimeError(f"{checkout}: the probe imported {loaded}, another checkout's code")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
