@@ -172,6 +172,22 @@ def test_tfds_errors_are_one_line(tfds_dir, tmp_path):
         data.dataset_info(config.dataset)
 
 
+def test_a_label_out_of_range_is_one_line_naming_the_files_and_the_index(tfds_dir, monkeypatch):
+    dataset = _config("cifar10", tfds_dir).dataset
+    split = sources.open_split(dataset, "train", data.dataset_info(dataset))
+    original = split._read_records
+
+    def damaged(k, keys):  # record 3 of the split carries a label no class has
+        return [dict(r, label=10) if key == 3 else r for key, r in zip(keys, original(k, keys))]
+
+    monkeypatch.setattr(split, "_read_records", damaged)
+    split.read(np.arange(3))  # the records before it read fine
+    with pytest.raises(data.DataError, match=r"label 10 of record 3 of .*cifar10-train.*"
+                                             r"outside \[0, 10\)") as e:
+        split.read(np.arange(8))
+    assert "\n" not in str(e.value)
+
+
 def test_an_unreadable_record_is_one_line_naming_the_files_and_the_index(tfds_dir, tmp_path):
     copy = tmp_path / "tfds"
     shutil.copytree(tfds_dir, copy)
@@ -180,7 +196,8 @@ def test_an_unreadable_record_is_one_line_naming_the_files_and_the_index(tfds_di
     middle = len(raw) // 2
     raw[middle:middle + 64] = bytes(64)  # zero a stretch inside the records
     record_file.write_bytes(bytes(raw))
-    split = sources.open_split(_config("cifar10", copy).dataset, "train")
+    dataset = _config("cifar10", copy).dataset
+    split = sources.open_split(dataset, "train", data.dataset_info(dataset))
     with pytest.raises(data.DataError, match=r"cannot read record \d+ of .*cifar10-train") as e:
         split.read(np.arange(len(split)))
     assert "\n" not in str(e.value)

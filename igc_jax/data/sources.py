@@ -319,6 +319,7 @@ class TfdsSplit:
         self.name, self.data_dir, self.splits = name, data_dir, tuple(splits)
         self.encoded = encoded
         info = builder.info
+        self.num_classes = int(info.features["label"].num_classes)
         sizes = [info.splits[s].num_examples for s in self.splits]
         self._offsets = np.cumsum([0, *sizes])
         self._sources: list[Any] | None = None
@@ -353,10 +354,13 @@ class TfdsSplit:
                     break
             else:
                 key, error = keys[0], batch_error
-            where = os.path.join(_tfds_builder(self.name, self.data_dir).data_path,
-                                 f"{self.name}-{self.splits[k]}.array_record*")
+            where = self._where(k)
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise DataError(f"cannot read record {key} of {where}: {reason}") from None
+
+    def _where(self, k: int) -> str:
+        return os.path.join(_tfds_builder(self.name, self.data_dir).data_path,
+                            f"{self.name}-{self.splits[k]}.array_record*")
 
     def read(self, indices: Sequence[int]) -> tuple[np.ndarray | list[np.ndarray], np.ndarray]:
         indices = np.asarray(indices, dtype=np.int64)
@@ -368,7 +372,14 @@ class TfdsSplit:
             for i, record in zip(where, self._read_records(int(k), keys)):
                 records[i] = record
         images = [r["image"] for r in records]
-        labels = np.asarray([r["label"] for r in records], dtype=np.int32)
+        labels = np.asarray([r["label"] for r in records], dtype=np.int64)
+        bad = np.flatnonzero((labels < 0) | (labels >= self.num_classes))
+        if bad.size:  # a damaged record: named by its file and index, as an unreadable one
+            i = int(bad[0])
+            record = int(indices[i] - self._offsets[part[i]])
+            raise DataError(f"label {labels[i]} of record {record} of {self._where(int(part[i]))}"
+                            f" is outside [0, {self.num_classes})")
+        labels = labels.astype(np.int32)
         if self.encoded:
             return images, labels
         if images and all(im.shape == images[0].shape for im in images):
