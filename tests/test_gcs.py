@@ -197,3 +197,37 @@ class _Wrapped:
 
     def __getattr__(self, name):
         return getattr(self._it, name)
+
+
+def test_the_command_line_with_a_gs_workdir_is_preempted_and_resumes(gcs_tfds, gcs):
+    """`python -m igc_jax.main --workdir=gs://...` as a user runs it: SIGTERM mid-run is exit 0
+    with a checkpoint on gs://, and the same command then finishes from there."""
+    from run_utils import ROOT, env_with_devices, main_cmd
+
+    workdir = f"{gcs}/cli"
+    flags = ["--config.model.depth=5", "--config.model.L=2", "--config.model.M=2",
+             "--config.dataset.name=imagenet2012", f"--config.dataset.data_dir={gcs_tfds}",
+             "--config.dataset.num_classes=1000", "--config.dataset.image_size=16",
+             "--config.dataset.normalization=imagenet", "--config.dataset.augment=imagenet",
+             "--config.dataset.num_workers=0", "--config.batch_size=4",
+             "--config.eval_batch_size=4", "--config.log_every_steps=1",
+             "--config.checkpoint_every_steps=2", "--config.eval_every_steps=1000"]
+    env = env_with_devices(1)
+    proc = subprocess.Popen(main_cmd(workdir, *flags, "--config.num_train_steps=100000"),
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not _steps(
+            epath.Path(workdir) / "checkpoints"):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "preempted: checkpoint saved at step" in out
+    saved = json.loads((epath.Path(workdir) / "status.json").read_text())
+    assert saved["status"] == "preempted"
+    r = subprocess.run(main_cmd(workdir, *flags, f"--config.num_train_steps={saved['step'] + 2}"),
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    final = json.loads((epath.Path(workdir) / "status.json").read_text())
+    assert final["status"] == "finished" and final["step"] == saved["step"] + 2
