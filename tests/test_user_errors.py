@@ -251,7 +251,7 @@ def test_a_bug_keeps_its_traceback_and_exits_1(tmp_path):
     code = textwrap.dedent("""\
         import sys
         from igc_jax.training import steps
-        def make_model(config):
+        def make_model(config, *args, **kwargs):
             raise ValueError("an internal invariant broke")
         steps.make_model = make_model
         from igc_jax import main
