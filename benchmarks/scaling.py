@@ -75,9 +75,9 @@ def network_config(name: str, mode: str, batch: int) -> ml_collections.ConfigDic
     return config
 
 
-def compiled_step(config: ml_collections.ConfigDict, mesh, *, per_device: bool = True,
-                  context: ModeContext | None = None):
-    """(compiled train step, state, batch shapes) of `config` on `mesh`; nothing runs."""
+def traced_step(config: ml_collections.ConfigDict, mesh, *, per_device: bool = True,
+                context: ModeContext | None = None):
+    """The train step of `config` on `mesh`, traced on abstract batch shapes; nothing runs."""
     model = steps.make_model(config, context, per_device=per_device)
     schedule = steps.learning_rate_schedule(config, 100, 1000)
     tx = steps.make_optimizer(config, schedule)
@@ -89,7 +89,13 @@ def compiled_step(config: ml_collections.ConfigDict, mesh, *, per_device: bool =
     batch = {"image": jax.ShapeDtypeStruct((config.batch_size, size, size, 3), jnp.float32,
                                            sharding=bs),
              "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=bs)}
-    return train.lower(state, batch).compile(), state, batch
+    return train.trace(state, batch)
+
+
+def compiled_step(config: ml_collections.ConfigDict, mesh, *, per_device: bool = True,
+                  context: ModeContext | None = None):
+    """The compiled train step of `config` on `mesh`; nothing runs."""
+    return traced_step(config, mesh, per_device=per_device, context=context).lower().compile()
 
 
 def cost(compiled) -> dict[str, float]:
@@ -103,8 +109,8 @@ def cost(compiled) -> dict[str, float]:
 def measure(name: str, mode: str, devices: int, *, batch: int, per_device: bool,
             context: ModeContext) -> dict[str, Any]:
     mesh = sharding.make_mesh(jax.devices()[:devices])
-    compiled, _, _ = compiled_step(network_config(name, mode, batch), mesh, per_device=per_device,
-                                   context=context)
+    compiled = compiled_step(network_config(name, mode, batch), mesh, per_device=per_device,
+                             context=context)
     return {"network": name, "mode": mode, "devices": devices,
             "path": "shard_map" if per_device else "gspmd", **cost(compiled),
             "collectives": collectives(compiled.as_text())}

@@ -64,16 +64,7 @@ def _train_step(config_path: str, mode: str, context: ModeContext, size: int, ba
     config.model.update(overrides)
     config.dataset.image_size = size
     config.update(conv_mode=mode, batch_size=batch)
-    mesh = sharding.make_mesh()
-    model = steps.make_model(config, context)
-    schedule = steps.learning_rate_schedule(config, 100, 1000)
-    tx = steps.make_optimizer(config, schedule)
-    state, shardings = steps.init_state(model, tx, (size, size, 3), 0, mesh)
-    train, _, _ = steps.compile_steps(model, tx, schedule, shardings, mesh)
-    bs = sharding.batch_sharding(mesh)
-    args = {"image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32, sharding=bs),
-            "label": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=bs)}
-    return train.trace(state, args), config
+    return scaling.traced_step(config, sharding.make_mesh(), context=context), config
 
 
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])

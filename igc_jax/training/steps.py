@@ -106,21 +106,13 @@ def cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
-def mean_over(tree, axis: str | None):
-    """The mean of a pytree over a mesh axis as ONE all-reduce of its flattened leaves (None:
-    unchanged; the GSPMD steps see the global batch already)."""
+def all_reduce(tree, axis: str | None, op=lax.psum):
+    """A pytree reduced over a mesh axis (`lax.psum` or `lax.pmean`) as ONE all-reduce of its
+    flattened leaves (None: unchanged; the GSPMD steps see the global batch already)."""
     if axis is None:
         return tree
     flat, unravel = ravel_pytree(tree)
-    return unravel(lax.pmean(flat, axis))
-
-
-def sum_over(tree, axis: str | None):
-    """The sum of a pytree over a mesh axis as ONE all-reduce of its flattened leaves."""
-    if axis is None:
-        return tree
-    flat, unravel = ravel_pytree(tree)
-    return unravel(lax.psum(flat, axis))
+    return unravel(op(flat, axis))
 
 
 def train_step(state: TrainState, batch: dict, *, model: nn.Module, tx, schedule,
@@ -140,13 +132,14 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module, tx, schedule
 
     (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
-    grads = sum_over(grads, axis)  # the one gradient all-reduce of the step
+    grads = all_reduce(grads, axis)  # the one gradient all-reduce of the step
     if average_batch_stats:  # per-device BatchNorm: one set of running statistics
-        batch_stats = mean_over(batch_stats, axis)
+        batch_stats = all_reduce(batch_stats, axis, lax.pmean)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = mean_over({"loss": loss,
-                         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}, axis)
+    metrics = all_reduce({"loss": loss,
+                          "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}, axis,
+                         lax.pmean)
     metrics["learning_rate"] = schedule(state.step)
     return TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
                       opt_state=opt_state), metrics
