@@ -4,10 +4,10 @@ IGC layer = grouped `conv2d` (L groups) → `channel_shuffle(L)` → grouped 1×
 → `channel_shuffle(M)`, exactly spec §1 (torch's channel shuffle views channels as (g, C/g) and
 transposes: the official code's shuffle with B = g). Networks, BatchNorm (eps 2e-5; torch momentum
 = 1 − Flax momentum), the residual units with the official downsampling quirk and the grouped 1×1
-projection, and the initialisation (He-normal fan_in convs, uniform ±sqrt(1/fan_in) classifier, zero
-bias) follow igc_jax/models/cifar.py. Everything runs channels-last with
-`torch.set_num_threads(os.cpu_count())`; the optimiser is SGD with Nesterov momentum 0.9 and L2
-1e-4 added to the gradient (torch's `weight_decay`), as spec §4.
+projection, and the initialisation (He-normal fan_in convs, uniform ±sqrt(1/fan_in) classifier,
+zero bias; or, with init="torch_default", torch.nn's own defaults) follow igc_jax/models/cifar.py.
+Everything runs channels-last with `torch.set_num_threads(os.cpu_count())`; the optimiser is SGD
+with Nesterov momentum 0.9 and L2 1e-4 added to the gradient (torch's `weight_decay`), spec §4.
 """
 from __future__ import annotations
 
@@ -29,13 +29,28 @@ def configure_threads() -> int:
     return torch.get_num_threads()
 
 
-def _he_normal(conv: nn.Conv2d) -> nn.Conv2d:
-    nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
-    return conv
+INITS = ("he_normal", "torch_default")
 
 
 def conv(c_in: int, c_out: int, k: int, stride: int, groups: int = 1) -> nn.Conv2d:
-    return _he_normal(nn.Conv2d(c_in, c_out, k, stride, padding=k // 2, groups=groups, bias=False))
+    """No bias, symmetric padding k // 2; torch's default initialisation until `initialise`."""
+    return nn.Conv2d(c_in, c_out, k, stride, padding=k // 2, groups=groups, bias=False)
+
+
+def initialise(model: nn.Module, init: str) -> nn.Module:
+    """`he_normal` (the official code): every conv N(0, 2/fan_in), the classifier U(±sqrt(1/fan_in))
+    with zero bias; `torch_default`: what torch.nn's constructors already drew."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init == "he_normal":
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                bound = math.sqrt(1.0 / m.in_features)
+                nn.init.uniform_(m.weight, -bound, bound)
+                nn.init.zeros_(m.bias)
+    return model
 
 
 class IGC(nn.Module):
@@ -80,9 +95,6 @@ class CifarNet(nn.Module):
                 c = f
         self.body = nn.Sequential(*layers)
         self.classifier = nn.Linear(c, num_classes)
-        bound = math.sqrt(1.0 / c)
-        nn.init.uniform_(self.classifier.weight, -bound, bound)
-        nn.init.zeros_(self.classifier.bias)
 
     def _layer(self, c_in: int, c_out: int, stride: int, secondary_width: int) -> nn.Module:
         if self.L is None:
@@ -123,16 +135,19 @@ class Unit(nn.Module):
 
 
 def build(model_cfg: dict[str, Any], num_classes: int = 10) -> CifarNet:
-    """The peer of `igc_jax.models.build_model` for the CIFAR model configs (cifar_regconv/igc)."""
+    """The peer of `igc_jax.models.build_model` for the CIFAR model configs (cifar_regconv/igc),
+    initialised as their `init` field says (default he_normal)."""
     name = model_cfg["name"]
     if name == "cifar_regconv":
-        return CifarNet(model_cfg["depth"], model_cfg["width"], None,
-                        model_cfg.get("residual", False), num_classes)
-    if name == "cifar_igc":
+        net = CifarNet(model_cfg["depth"], model_cfg["width"], None,
+                       model_cfg.get("residual", False), num_classes)
+    elif name == "cifar_igc":
         L, M = model_cfg["L"], model_cfg["M"]
-        return CifarNet(model_cfg["depth"], L * M, L, model_cfg.get("residual", False), num_classes,
-                        model_cfg.get("downsample_quirk", True))
-    raise ValueError(f"torch peer: no PyTorch version of model {name!r}")
+        net = CifarNet(model_cfg["depth"], L * M, L, model_cfg.get("residual", False),
+                       num_classes, model_cfg.get("downsample_quirk", True))
+    else:
+        raise ValueError(f"torch peer: no PyTorch version of model {name!r}")
+    return initialise(net, model_cfg.get("init", "he_normal"))
 
 
 def _time_calls(fn, warmup: int, reps: int, device: str = "cpu") -> list[float]:

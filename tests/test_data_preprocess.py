@@ -56,6 +56,30 @@ def test_flip_is_exact_and_centre_crop_is_identity():
     assert np.array_equal(top_left[:, PAD:, PAD:], images[:, :-PAD, :-PAD])
 
 
+# The authors' train_model.py: ImageRecordIter(pad=4, fill_value=round(mean_rgb)) (spec §4).
+OFFICIAL_CIFAR_FILL = {"cifar10": (125, 123, 114), "cifar100": (129, 124, 112)}
+
+
+@pytest.mark.parametrize("dataset", sorted(OFFICIAL_CIFAR_FILL))
+def test_cifar_border_is_the_official_mean_colour(dataset):
+    """The default 'cifar' augmentation fills the border with the rounded mean colour; after
+    normalisation a border pixel is within 0.5/std of zero. 'cifar_zero_pad' keeps black."""
+    images = np.full((3, 32, 32, 3), 7, np.uint8)
+    u = _with(_uniforms(3), dy=0.0, dx=0.0, flip=0.9)            # offset 0: PAD-wide border
+    prep = P.Preprocessing(augment="cifar", normalization=dataset, image_size=32)
+    raw = P.pad_crop_flip(images, u, fill=P.fill_colour(dataset))
+    assert np.all(raw[:, :PAD] == OFFICIAL_CIFAR_FILL[dataset])
+    assert np.all(raw[:, :, :PAD] == OFFICIAL_CIFAR_FILL[dataset])
+    assert np.all(raw[:, PAD:, PAD:] == 7)
+    x = prep.train(images, u)
+    std = np.asarray(P.NORMALIZATION[dataset][1])
+    assert np.all(np.abs(x[:, :PAD]) <= 0.5 / std + 1e-6)
+    zero = P.Preprocessing(augment="cifar_zero_pad", normalization=dataset, image_size=32)
+    black = -np.asarray(P.NORMALIZATION[dataset][0]) / std
+    np.testing.assert_allclose(zero.train(images, u)[:, :PAD], np.broadcast_to(
+        black, (3, PAD, 32, 3)), rtol=1e-6)
+
+
 @pytest.mark.parametrize("name", sorted(P.NORMALIZATION))
 def test_normalising_a_constant_image(name):
     mean, std = P.NORMALIZATION[name]

@@ -23,7 +23,6 @@ from jax import lax
 
 from igc_jax import models
 from igc_jax.igc import layers, modes
-from igc_jax.models import blocks
 
 OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_models"
 SYMBOLS = {
@@ -386,19 +385,53 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 
 # ----------------------------------------------------------------------------- init and errors
 
-def test_modules_use_the_official_initialisers():
-    """Convs He-normal (layers.he_normal), classifier uniform ±sqrt(1/fan_in) with zero bias."""
-    modules = _modules(models.build_model(models.cifar_model("W16,D8,ident"), num_classes=10), 32)
-    convs = [m for m in modules.values() if isinstance(m, nn.Conv)]
-    assert convs and all(m.kernel_init is layers.he_normal and not m.use_bias for m in convs)
-    dense = modules["classifier"]
-    assert dense.kernel_init is blocks.classifier_init and dense.use_bias
-    assert not np.asarray(dense.bias_init(jax.random.key(0), (10,))).any()
-    fan_in = 512
-    w = np.asarray(blocks.classifier_init(jax.random.key(0), (fan_in, 1000)))
-    limit = math.sqrt(1 / fan_in)
-    assert np.abs(w).max() <= limit and np.abs(w).max() > 0.99 * limit
-    assert abs(w.std() - limit / math.sqrt(3)) < 0.01 * limit
+# What each `model.init` must give, stated independently of the code: the std (and bound) of
+# every kernel from its fan_in = kh·kw·C_in/groups (Flax HWIO: the product of all but the last
+# axis), and the classifier bias.
+#   he_normal (official MXNet): convs N(0, 2/fan_in); classifier U(±sqrt(1/fan_in)); bias 0.
+#   torch_default (torch.nn.Conv2d / Linear reset_parameters: kaiming_uniform_(a=√5)):
+#     every kernel U(±sqrt(1/fan_in)), std sqrt(1/(3·fan_in)); classifier bias U(±sqrt(1/fan_in)).
+EXPECTED_INIT = {
+    "he_normal": lambda fan_in, conv: (math.sqrt(2 / fan_in) if conv
+                                       else math.sqrt(1 / (3 * fan_in))),
+    "torch_default": lambda fan_in, conv: math.sqrt(1 / (3 * fan_in)),
+}
+
+
+@pytest.mark.parametrize("init", sorted(EXPECTED_INIT))
+@pytest.mark.parametrize("arg", ["L24M2,D8", "W16,D8,ident", "L4M8,D8,ident"])
+def test_initialisation_gives_each_layer_its_standard_deviation(init, arg):
+    cfg = dict(models.cifar_model(arg), init=init)
+    model = models.build_model(cfg, num_classes=10)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
+    kernels = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v, np.float64)
+               for path, v in jax.tree_util.tree_leaves_with_path(params)
+               if v.ndim >= 2}
+    assert len(kernels) >= 8
+    for name, w in kernels.items():
+        fan_in = int(np.prod(w.shape[:-1]))
+        conv = not name.startswith("classifier")
+        expected = EXPECTED_INIT[init](fan_in, conv)
+        tol = 5 / math.sqrt(2 * w.size) + 0.01           # ~5 sigma of a sample std
+        assert abs(w.std() / expected - 1) < tol, (name, w.shape, w.std(), expected)
+        assert abs(w.mean()) < 6 * expected / math.sqrt(w.size), name
+        if init == "torch_default" or not conv:           # uniform: bounded by sqrt(3)·std
+            assert np.abs(w).max() <= math.sqrt(1 / fan_in) * (1 + 1e-6), name
+    bias = np.asarray(params["classifier"]["bias"])
+    fan_in = params["classifier"]["kernel"].shape[0]
+    if init == "he_normal":
+        assert not bias.any()
+    else:
+        assert bias.any() and np.abs(bias).max() <= math.sqrt(1 / fan_in)
+    scales = [np.asarray(v) for path, v in jax.tree_util.tree_leaves_with_path(params)
+              if getattr(path[-1], "key", "") == "scale"]
+    assert scales and all(np.all(s == 1) for s in scales)    # BatchNorm γ = 1 in both
+
+
+def test_unknown_init_fails_with_one_line():
+    with pytest.raises(ValueError, match="model.init must be one of he_normal, torch_default"):
+        models.validate_model_config(dict(models.cifar_model("L24M2,D8"), init="xavier"),
+                                     num_classes=10)
 
 
 @pytest.mark.parametrize("cfg, message", [

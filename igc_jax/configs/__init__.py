@@ -9,12 +9,15 @@ An experiment file in `experiments/` calls `base_config()` and sets what differs
   seed                      everything random (init, data order, augmentation) derives from it
   model.name                key of `igc_jax.models.MODELS`; the other `model.*` fields are its
                             kwargs
+  model.init                "he_normal" (official: convs N(0, 2/fan_in)) | "torch_default"
+                            (torch.nn's uniform ±sqrt(1/fan_in) kernels and classifier bias)
   dataset.name              cifar10 | cifar100 | svhn_cropped | imagenet2012 | digits | arrays
   dataset.data_dir          TFDS data dir (default $TFDS_DATA_DIR) or the .npz folder for `arrays`
   dataset.num_classes       classes of the labels
   dataset.image_size        side of the square input the network sees
   dataset.normalization     name of the mean/std constants (spec §4), e.g. "cifar10"
-  dataset.augment           training augmentation: "cifar" | "imagenet" | "none"
+  dataset.augment           training augmentation: "cifar" (pad 4 with the mean colour, crop,
+                            flip: official) | "cifar_zero_pad" | "imagenet" | "none"
   dataset.color_jitter      strength of the ImageNet colour jitter (0: off)
   dataset.num_workers       data worker processes: -1 = auto (sized to the CPUs for 'imagenet',
                             0 otherwise; logged), else that number (0: threads in this process)
@@ -106,6 +109,7 @@ def small_image_recipe(dataset: str, network: str) -> ml_collections.ConfigDict:
     name, classes, norm, augment, epochs = _SMALL_IMAGE_RECIPES[dataset]
     c = base_config()
     c.model = networks.cifar_model(network)
+    c.model.init = "he_normal"
     c.dataset.update(name=name, num_classes=classes, image_size=32, normalization=norm,
                      augment=augment)
     c.update(batch_size=64, eval_batch_size=400, num_epochs=epochs, learning_rate=0.1,
@@ -121,6 +125,7 @@ def imagenet_recipe(network: str) -> ml_collections.ConfigDict:
     """
     c = base_config()
     c.model = networks.imagenet_model(network)
+    c.model.init = "he_normal"
     c.dataset.update(name="imagenet2012", num_classes=1000, image_size=224,
                      normalization="imagenet", augment="imagenet", num_workers=-1)
     c.update(batch_size=256, eval_batch_size=400, num_epochs=100.0, learning_rate=0.1,

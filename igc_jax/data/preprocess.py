@@ -45,7 +45,9 @@ NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     # (igc_jax.convert_mxnet).
     "imagenet_igc_mxnet": ((123.370, 112.757, 99.406), (68.998, 66.093, 68.292)),
 }
-AUGMENTATIONS = ("cifar", "imagenet", "none")
+# Training augmentations, by `config.dataset.augment`: "cifar" pads with the mean colour (official
+# code), "cifar_zero_pad" with black; "imagenet" is the Inception-style random-area crop.
+AUGMENTATIONS = ("cifar", "cifar_zero_pad", "imagenet", "none")
 
 CIFAR_PAD = 4
 CROP_SCALE = (0.08, 1.0)           # area fraction of the random crop (Inception / ResNet recipe)
@@ -71,15 +73,26 @@ def normalize(images: np.ndarray, normalization: str) -> np.ndarray:
     return x
 
 
-def pad_crop_flip(images: np.ndarray, u: np.ndarray, pad: int = CIFAR_PAD) -> np.ndarray:
-    """CIFAR augmentation: zero-pad `pad`, random crop back to H×W, random horizontal flip.
+def fill_colour(normalization: str) -> np.ndarray:
+    """The official padding colour: the dataset's mean colour rounded to integers (MXNet
+    `ImageRecordIter` `fill_value_r/g/b = round(mean_rgb)` in the authors' scripts), about 0 once
+    normalised."""
+    return np.round(np.asarray(NORMALIZATION[normalization][0])).astype(np.uint8)
+
+
+def pad_crop_flip(images: np.ndarray, u: np.ndarray, pad: int = CIFAR_PAD,
+                  fill: np.ndarray | int = 0) -> np.ndarray:
+    """CIFAR augmentation: pad `pad` pixels of colour `fill` (per channel), random crop back to
+    H×W, random horizontal flip.
 
     One `np.take` of pixels for the whole batch (flat pixel indices into the padded batch); the
     offsets come from u[:, _U_POS:_U_POS+2], the flip (u[:, _U_FLIP] < 0.5) reverses the columns.
     """
     b, h, w, c = images.shape
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     hp, wp = h + 2 * pad, w + 2 * pad
+    padded = np.empty((b, hp, wp, c), images.dtype)
+    padded[...] = np.asarray(fill, images.dtype)
+    padded[:, pad:pad + h, pad:pad + w] = images
     dy = np.floor(u[:, _U_POS] * (2 * pad + 1)).astype(np.intp)
     dx = np.floor(u[:, _U_POS + 1] * (2 * pad + 1)).astype(np.intp)
     cols = dx[:, None] + np.arange(w)
@@ -314,6 +327,8 @@ class Preprocessing:
     def train(self, images: np.ndarray | list[np.ndarray], u: np.ndarray) -> np.ndarray:
         """A batch of uint8 images (array, or list for ImageNet) → float32 normalised B×S×S×C."""
         if self.augment == "cifar":
+            x = pad_crop_flip(images, u, fill=fill_colour(self.normalization))
+        elif self.augment == "cifar_zero_pad":
             x = pad_crop_flip(images, u)
         elif self.augment == "imagenet":
             crops = [imagenet_train_crop(im, ui, self.image_size, self.channels)

@@ -9,7 +9,7 @@ module's explicit `ModeContext`.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -76,6 +76,7 @@ class IGCConv(nn.Module):
       sum_fusion: fix the secondary kernel to all-ones blocks (SumFusion); then it is no parameter.
       mode: `auto`, or one of `ALL_MODES`; every mode gives the same output and gradients.
       context: what `auto` may use (backend, native kernels); None: `select.detect_context()`.
+      kernel_init: of both kernels (fan_in = kh·kw·C_in/L and C/M); default He-normal (spec §2).
     """
     features: int
     L: int
@@ -86,6 +87,7 @@ class IGCConv(nn.Module):
     sum_fusion: bool = False
     mode: str = "auto"
     context: ModeContext | None = None
+    kernel_init: Callable = he_normal
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -106,12 +108,12 @@ class IGCConv(nn.Module):
         L = self.L
         kernels.check_igc_shapes(c_in, (kh, kw, c_in // L if L > 0 else 0, self.features),
                                  (1, 1, self.features // M if M > 0 else 0, self.features), L, M)
-        primary = self.param("primary", he_normal, (kh, kw, c_in // self.L, self.features),
+        primary = self.param("primary", self.kernel_init, (kh, kw, c_in // self.L, self.features),
                              self.param_dtype)
         if self.sum_fusion:
             secondary = kernels.sum_fusion_kernel(self.features, M, self.param_dtype)
         else:
-            secondary = self.param("secondary", he_normal,
+            secondary = self.param("secondary", self.kernel_init,
                                    (1, 1, self.features // M, self.features), self.param_dtype)
         dtype = self.dtype or x.dtype
         padding = self.padding if self.padding is not None else same_padding(self.kernel_size)

@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from igc_jax.igc.layers import BatchNorm, IGCConv, PointwiseConv, he_normal, same_padding
@@ -32,9 +33,36 @@ class Compute:
 
 # BatchNorm epsilon of every official network (spec §2).
 BN_EPSILON = 2e-5
-# Classifier weights: uniform ±sqrt(1 / fan_in) (MXNet Xavier, factor 'in', magnitude 1). MXNet
-# initialises every `*_bias` to zero, the classifier's included.
-classifier_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# Uniform ±sqrt(1 / fan_in): the official classifier (MXNet Xavier, factor 'in', magnitude 1), and
+# PyTorch's default for Conv2d and Linear weights (kaiming_uniform with a = √5: gain sqrt(1/3),
+# bound gain·sqrt(3 / fan_in)).
+uniform_fan_in = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+classifier_init = uniform_fan_in
+
+# `model.init`: how the conv kernels and the classifier start (BatchNorm: scale 1, bias 0 in both).
+#   he_normal      the official code: convs N(0, 2 / fan_in), classifier ±sqrt(1/fan_in), bias 0
+#   torch_default  torch.nn's defaults: convs and classifier ±sqrt(1/fan_in), bias ±sqrt(1/fan_in)
+INITS = ("he_normal", "torch_default")
+
+
+def check_init(init: str) -> None:
+    """UserError unless `init` is one of INITS."""
+    if init not in INITS:
+        raise UserError(f"model.init must be one of {', '.join(INITS)}, got {init!r}")
+
+
+def conv_init(init: str) -> Callable:
+    """The kernel initialiser of every conv (regular, grouped, IGC primary and secondary)."""
+    return he_normal if init == "he_normal" else uniform_fan_in
+
+
+def classifier_bias_init(init: str, fan_in: int) -> Callable:
+    """Zero (MXNet) or torch.nn.Linear's uniform ±1/sqrt(fan_in)."""
+    if init == "he_normal":
+        return nn.initializers.zeros
+    bound = 1.0 / fan_in ** 0.5
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
+                                                                    bound)
 
 # A 3×3 "layer" of a residual unit: (x, features, strides, index 1 or 2) -> y, before BatchNorm;
 # it names its own submodule (`{unit}_conv{index}` or `{unit}_igc{index}`).
@@ -42,7 +70,7 @@ Layer = Callable[[Any, int, int, int], Any]
 
 
 def conv(x, features: int, kernel: int, strides: int, *, name: str, groups: int = 1,
-         dtype: Any = jnp.float32):
+         init: str = "he_normal", dtype: Any = jnp.float32):
     """Regular (or grouped) convolution, no bias, symmetric padding k // 2 like MXNet.
 
     XLA's 'SAME' pads a stride-2 layer asymmetrically (more at the end), which shifts the sampling
@@ -51,14 +79,15 @@ def conv(x, features: int, kernel: int, strides: int, *, name: str, groups: int 
     conv_type = PointwiseConv if kernel == 1 else nn.Conv  # the 1×1 projections
     return conv_type(features, (kernel, kernel), strides=(strides, strides),
                      padding=same_padding((kernel, kernel)), feature_group_count=groups,
-                     use_bias=False, kernel_init=he_normal, dtype=dtype, name=name)(x)
+                     use_bias=False, kernel_init=conv_init(init), dtype=dtype, name=name)(x)
 
 
 def igc(x, features: int, strides: int, *, L: int, M: int, sum_fusion: bool, compute: Compute,
-        name: str, dtype: Any = jnp.float32):
+        name: str, init: str = "he_normal", dtype: Any = jnp.float32):
     """One 3×3 IGC layer: primary (L groups) → shuffle → secondary (M groups) → shuffle, no bias."""
     return IGCConv(features, L, M, strides=(strides, strides), sum_fusion=sum_fusion,
-                   mode=compute.conv_mode, context=compute.context, dtype=dtype, name=name)(x)
+                   mode=compute.conv_mode, context=compute.context, kernel_init=conv_init(init),
+                   dtype=dtype, name=name)(x)
 
 
 def batch_norm(x, *, momentum: float, train: bool, name: str, compute: Compute,
@@ -69,7 +98,8 @@ def batch_norm(x, *, momentum: float, train: bool, name: str, compute: Compute,
 
 
 def residual_unit(x, *, name: str, features: int, strides: int, layer: Layer, proj_groups: int,
-                  momentum: float, train: bool, compute: Compute, dtype: Any = jnp.float32):
+                  momentum: float, train: bool, compute: Compute, init: str = "he_normal",
+                  dtype: Any = jnp.float32):
     """Post-activation basic unit: ReLU(BN(layer2(ReLU(BN(layer1(x))))) + shortcut(x)).
 
     The shortcut is the identity when shapes match, else a 1×1 conv (grouped with `proj_groups`,
@@ -81,15 +111,17 @@ def residual_unit(x, *, name: str, features: int, strides: int, layer: Layer, pr
     y = layer(y, features, 1, 2)
     y = batch_norm(y, name=f"{name}_bn2", **bn)
     if strides != 1 or x.shape[-1] != features:
-        x = conv(x, features, 1, strides, groups=proj_groups, name=f"{name}_proj", dtype=dtype)
+        x = conv(x, features, 1, strides, groups=proj_groups, name=f"{name}_proj", init=init,
+                 dtype=dtype)
         x = batch_norm(x, name=f"{name}_proj_bn", **bn)
     return nn.relu(x + y)
 
 
-def classifier(x, num_classes: int):
+def classifier(x, num_classes: int, init: str = "he_normal"):
     """Global average pool → dense with bias, in float32 whatever the compute dtype."""
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    return nn.Dense(num_classes, kernel_init=classifier_init, dtype=jnp.float32,
+    return nn.Dense(num_classes, kernel_init=classifier_init,
+                    bias_init=classifier_bias_init(init, x.shape[-1]), dtype=jnp.float32,
                     name="classifier")(x)
 
 

@@ -44,6 +44,8 @@ class CifarNet(nn.Module):
       downsample_quirk: official residual IGC code: the first IGC layer of a unit has C_in / L
         secondary groups (not C_out / L); it differs only in the first unit of stages 2 and 3.
       sum_fusion: fix each secondary kernel to all-ones blocks (SumFusion).
+      init_scheme: `model.init`, one of `blocks.INITS`: the official He-normal, or PyTorch's
+        defaults.
     """
     depth: int
     width: int
@@ -52,6 +54,7 @@ class CifarNet(nn.Module):
     residual: bool = False
     downsample_quirk: bool = True
     sum_fusion: bool = False
+    init_scheme: str = "he_normal"   # `model.init` (`Module.init` is taken)
     dtype: Any = jnp.float32
     compute: blocks.Compute = blocks.Compute()
 
@@ -60,16 +63,17 @@ class CifarNet(nn.Module):
         """A 3×3 layer before its BN, named `{prefix}_conv{index}` or `{prefix}_igc{index}`."""
         if self.L is None:
             return blocks.conv(x, features, 3, strides, name=f"{prefix}_conv{index}",
-                               dtype=self.dtype)
+                               init=self.init_scheme, dtype=self.dtype)
         return blocks.igc(x, features, strides, L=self.L, M=secondary_groups,
                           sum_fusion=self.sum_fusion, compute=self.compute,
-                          name=f"{prefix}_igc{index}", dtype=self.dtype)
+                          name=f"{prefix}_igc{index}", init=self.init_scheme, dtype=self.dtype)
 
     @nn.compact
     def __call__(self, x, train: bool):
         B = blocks_per_stage(self.depth, self.residual)
         momentum = RESIDUAL_BN_MOMENTUM if self.residual else PLAIN_BN_MOMENTUM
-        x = blocks.conv(x.astype(self.dtype), self.width, 3, 1, name="stem_conv", dtype=self.dtype)
+        x = blocks.conv(x.astype(self.dtype), self.width, 3, 1, name="stem_conv",
+                        init=self.init_scheme, dtype=self.dtype)
         bn = dict(momentum=momentum, train=train, compute=self.compute, dtype=self.dtype)
         x = nn.relu(blocks.batch_norm(x, name="stem_bn", **bn))
         L = self.L or 1
@@ -83,7 +87,7 @@ class CifarNet(nn.Module):
                     name = f"stage{s}_layer{b}"
                     x = self._layer(x, features, strides, name, "", features // L)
                     x = nn.relu(blocks.batch_norm(x, name=f"{name}_bn", **bn))
-        return blocks.classifier(x, self.num_classes)
+        return blocks.classifier(x, self.num_classes, self.init_scheme)
 
     def _unit(self, x, name: str, features: int, strides: int, L: int, momentum: float,
               train: bool):
@@ -96,24 +100,27 @@ class CifarNet(nn.Module):
 
         return blocks.residual_unit(x, name=name, features=features, strides=strides,
                                     layer=layer, proj_groups=L, momentum=momentum, train=train,
-                                    compute=self.compute, dtype=self.dtype)
+                                    compute=self.compute, init=self.init_scheme, dtype=self.dtype)
 
 
-def regconv(*, depth: int, width: int, residual: bool = False, num_classes: int,
-            dtype: Any = jnp.float32, compute: blocks.Compute = blocks.Compute()) -> CifarNet:
+def regconv(*, depth: int, width: int, residual: bool = False, init: str = "he_normal",
+            num_classes: int, dtype: Any = jnp.float32,
+            compute: blocks.Compute = blocks.Compute()) -> CifarNet:
     """`RegConv-W{width}` (+Ident. when `residual`)."""
     blocks.check_positive_ints(depth=depth, width=width)
+    blocks.check_init(init)
     blocks_per_stage(depth, residual)
     return CifarNet(depth=depth, width=width, num_classes=num_classes, residual=residual,
-                    dtype=dtype, compute=compute)
+                    init_scheme=init, dtype=dtype, compute=compute)
 
 
 def igc(*, depth: int, L: int, M: int, residual: bool = False, downsample_quirk: bool = True,
-        sum_fusion: bool = False, num_classes: int, dtype: Any = jnp.float32,
-        compute: blocks.Compute = blocks.Compute()) -> CifarNet:
+        sum_fusion: bool = False, init: str = "he_normal", num_classes: int,
+        dtype: Any = jnp.float32, compute: blocks.Compute = blocks.Compute()) -> CifarNet:
     """`IGC-L{L}M{M}` (+Ident. when `residual`; SumFusion when `sum_fusion`): width C = L·M."""
     blocks.check_positive_ints(depth=depth, L=L, M=M)
+    blocks.check_init(init)
     blocks_per_stage(depth, residual)
     return CifarNet(depth=depth, width=L * M, num_classes=num_classes, L=L, residual=residual,
-                    downsample_quirk=downsample_quirk, sum_fusion=sum_fusion, dtype=dtype,
-                    compute=compute)
+                    downsample_quirk=downsample_quirk, sum_fusion=sum_fusion, init_scheme=init,
+                    dtype=dtype, compute=compute)

@@ -28,13 +28,14 @@ class ResNet18(nn.Module):
     widths: Sequence[int]
     num_classes: int
     L: Sequence[int] | None = None
+    init_scheme: str = "he_normal"   # `model.init` (`Module.init` is taken)
     dtype: Any = jnp.float32
     compute: blocks.Compute = blocks.Compute()
 
     @nn.compact
     def __call__(self, x, train: bool):
         x = blocks.conv(x.astype(self.dtype), self.stem_width, 7, 2, name="stem_conv",
-                        dtype=self.dtype)
+                        init=self.init_scheme, dtype=self.dtype)
         x = nn.relu(blocks.batch_norm(x, momentum=BN_MOMENTUM, train=train, name="stem_bn",
                                       compute=self.compute, dtype=self.dtype))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -46,31 +47,36 @@ class ResNet18(nn.Module):
                 x = blocks.residual_unit(
                     x, name=name, features=features, strides=strides,
                     layer=self._layer_fn(name, L), proj_groups=L or 1, momentum=BN_MOMENTUM,
-                    train=train, compute=self.compute, dtype=self.dtype)
-        return blocks.classifier(x, self.num_classes)
+                    train=train, compute=self.compute, init=self.init_scheme, dtype=self.dtype)
+        return blocks.classifier(x, self.num_classes, self.init_scheme)
 
     def _layer_fn(self, name: str, L: int | None):
         def layer(y, features, strides, k):
             if L is None:
                 return blocks.conv(y, features, 3, strides, name=f"{name}_conv{k}",
-                                   dtype=self.dtype)
+                                   init=self.init_scheme, dtype=self.dtype)
             return blocks.igc(y, features, strides, L=L, M=features // L, sum_fusion=False,
-                              compute=self.compute, name=f"{name}_igc{k}", dtype=self.dtype)
+                              compute=self.compute, name=f"{name}_igc{k}", init=self.init_scheme,
+                              dtype=self.dtype)
         return layer
 
 
-def resnet18(*, stem_width: int, widths: Sequence[int], num_classes: int,
-             dtype: Any = jnp.float32, compute: blocks.Compute = blocks.Compute()) -> ResNet18:
+def resnet18(*, stem_width: int, widths: Sequence[int], init: str = "he_normal",
+             num_classes: int, dtype: Any = jnp.float32,
+             compute: blocks.Compute = blocks.Compute()) -> ResNet18:
     """ResNet-18 (C = 64 or 69 in the paper)."""
     widths = _check_widths(stem_width, widths)
-    return ResNet18(stem_width=stem_width, widths=widths, num_classes=num_classes, dtype=dtype,
-                    compute=compute)
+    blocks.check_init(init)
+    return ResNet18(stem_width=stem_width, widths=widths, num_classes=num_classes, init_scheme=init,
+                    dtype=dtype, compute=compute)
 
 
-def igc_resnet18(*, stem_width: int, widths: Sequence[int], L: Sequence[int], num_classes: int,
-                 dtype: Any = jnp.float32, compute: blocks.Compute = blocks.Compute()) -> ResNet18:
+def igc_resnet18(*, stem_width: int, widths: Sequence[int], L: Sequence[int],
+                 init: str = "he_normal", num_classes: int, dtype: Any = jnp.float32,
+                 compute: blocks.Compute = blocks.Compute()) -> ResNet18:
     """IGC-LxMy+Ident. on the ResNet-18 layout: stage s has L[s] primary groups, M = width/L[s]."""
     widths = _check_widths(stem_width, widths)
+    blocks.check_init(init)
     if not isinstance(L, (tuple, list)) or len(L) != NUM_STAGES or not all(
             map(blocks.is_positive_int, L)):
         raise UserError(f"model.L must be {NUM_STAGES} positive integers (one per stage), got {L}")
@@ -82,7 +88,7 @@ def igc_resnet18(*, stem_width: int, widths: Sequence[int], L: Sequence[int], nu
                                 f"L={groups}")
         c_in = width
     return ResNet18(stem_width=stem_width, widths=widths, num_classes=num_classes, L=tuple(L),
-                    dtype=dtype, compute=compute)
+                    init_scheme=init, dtype=dtype, compute=compute)
 
 
 def _check_widths(stem_width: int, widths: Sequence[int]) -> tuple[int, ...]:
