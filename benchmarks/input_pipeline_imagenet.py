@@ -176,7 +176,7 @@ def pipeline_rate(data_dir: str, workers: int, batches: int) -> dict:
 def run(results_dir: Path, n: int = 128, rounds: int = 7, batches: int = 24) -> dict:
     jpegs = photo_jpegs(n)
     u = randomness.example_uniforms(0, 0, np.arange(n), preprocess.NUM_UNIFORMS)
-    prep = preprocess.Preprocessing("imagenet", NORM, SIZE, JITTER)
+    prep = preprocess.Preprocessing("imagenet_inception", NORM, SIZE, JITTER)
     env = {"cpus": os.cpu_count(), "affinity_cpus": pipeline.available_cpus(),
            "load_average": [round(x, 2) for x in os.getloadavg()],
            "python": platform.python_version(), "numpy": np.__version__,

@@ -140,7 +140,7 @@ def test_eval_preprocessing_is_deterministic():
     rng = np.random.default_rng(5)
     images = [rng.integers(0, 256, (rng.integers(40, 90), rng.integers(40, 90), 3), dtype=np.uint8)
               for _ in range(4)]
-    prep = P.Preprocessing("imagenet", "imagenet", 32)
+    prep = P.Preprocessing("imagenet_inception", "imagenet", 32)
     first, second = prep.eval(images), prep.eval(images)
     assert first.shape == (4, 32, 32, 3) and np.array_equal(first, second)
     cifar = P.Preprocessing("cifar", "cifar10", 32)
@@ -189,3 +189,106 @@ def test_epoch_permutation():
     assert np.array_equal(a, randomness.epoch_permutation(0, 0, 1000))
     # Pinned: the order must not change with numpy versions (a resumed run must see the same).
     assert randomness.epoch_permutation(0, 0, 10).tolist() == [0, 5, 3, 1, 8, 6, 2, 9, 7, 4]
+
+
+# ----------------------------------------------------------------------------- MXNet ImageNet
+# The authors' train_imagenet.py → MXNet ImageRecordIter (spec §4), stated here independently:
+# stored short side 480; scale s ∈ [0.533, 1] (short side 256–480); aspect jitter r ∈ [0.75, 1.25]
+# with horizontal / vertical factors 2s/(1+r) and 2sr/(1+r); canvas max(256, s·side); fill
+# (123, 113, 99); random 224 crop; integer HSL offsets within ±36 (H), ±50 (S, L).
+
+def _mxnet_u(n: int, seed: int = 0) -> np.ndarray:
+    return randomness.example_uniforms(seed, 0, np.arange(n), P.NUM_UNIFORMS)
+
+
+def test_mxnet_crop_scale_and_aspect_ranges_over_many_draws():
+    rng = np.random.default_rng(0)
+    scales, aspects = [], []
+    for i, u in enumerate(_mxnet_u(4000)):
+        h, w = (int(v) for v in rng.integers(100, 900, 2))
+        top, left, bh, bw = P.mxnet_crop_box(h, w, u, 224)
+        f = 480 / min(h, w)                        # original → stored (short side 480)
+        hs, ws = 224 / (bw * f), 224 / (bh * f)    # stored → crop, per axis
+        scales.append((hs + ws) / 2)
+        aspects.append(ws / hs)
+        canvas_w, canvas_h = max(256, scales[-1] * w * f), max(256, scales[-1] * h * f)
+        # The crop lies on the canvas (its offset in canvas pixels is in [0, canvas − 224]).
+        x0 = left * hs * f + (canvas_w - hs * w * f) / 2
+        y0 = top * ws * f + (canvas_h - ws * h * f) / 2
+        assert -1e-6 <= x0 <= int(canvas_w) - 224 + 1e-6
+        assert -1e-6 <= y0 <= int(canvas_h) - 224 + 1e-6
+    scales, aspects = np.asarray(scales), np.asarray(aspects)
+    assert scales.min() >= 0.533 - 1e-9 and scales.max() <= 1.0 + 1e-9
+    assert scales.min() < 0.54 and scales.max() > 0.99           # the whole range is drawn
+    assert aspects.min() >= 0.75 - 1e-9 and aspects.max() <= 1.25 + 1e-9
+    assert aspects.min() < 0.76 and aspects.max() > 1.24
+    assert abs(np.mean(scales * 480) - (256 + 480) / 2) < 4      # short side uniform in 256–480
+
+
+def test_mxnet_crop_fills_where_the_scaled_image_does_not_reach():
+    """480×640, s = 0.533, r = 1.25 (worked by hand): horizontal factor 2·0.533/2.25 = 0.4738, the
+    image spans 303.2 px of a max(256, 0.533·640) = 341.1 px canvas, 18.96 px of fill on each
+    side; vertically 0.5922·480 = 284.3 px on a 256 px canvas, no fill. A crop at offset (0, 0)."""
+    image = np.empty((480, 640, 3), np.uint8)
+    image[...] = (200, 50, 10)
+    u = _mxnet_u(1)[0].copy()
+    u[0], u[1] = 0.0, 1.0 - 1e-9
+    u[P._U_POS], u[P._U_POS + 1], u[P._U_FLIP] = 0.0, 0.0, 0.9
+    out = P.mxnet_train_crop(image, u, 224)
+    assert out.shape == (224, 224, 3) and out.dtype == np.uint8
+    assert np.all(out[:, :18] == (123, 113, 99))
+    assert np.all(out[:, 20:] == (200, 50, 10))
+    flipped = P.mxnet_train_crop(image, np.where(np.arange(len(u)) == P._U_FLIP, 0.1, u), 224)
+    assert np.array_equal(flipped, out[:, ::-1])
+
+
+def test_mxnet_hsl_offsets_are_integers_in_range():
+    offsets = P.mxnet_hsl_offsets(_mxnet_u(20000))
+    assert offsets.dtype.kind == "i"
+    for column, bound in zip(offsets.T, (36, 50, 50)):
+        assert column.min() >= -bound and column.max() <= bound
+        assert column.min() <= -bound + 1 and column.max() >= bound - 1
+        # int() truncates toward zero, so 0 collects (−1, 1): twice any other value's share.
+        share = np.mean(column == 0) / np.mean(column == 1)
+        assert 1.6 < share < 2.5
+
+
+def test_mxnet_hsl_jitter_moves_hue_saturation_lightness_by_the_offsets():
+    """Measured with the standard library's colorsys (independent of the implementation): hue by
+    2·dh degrees (OpenCV's 8-bit hue is degrees / 2), lightness and saturation by dl/255, ds/255,
+    to within the 8-bit quantisation; hue is clipped at 180 (360°), not wrapped."""
+    import colorsys
+    colour = np.asarray([170, 110, 80], np.uint8)           # h 20°, l 0.49, s 0.36
+    images = np.broadcast_to(colour, (4, 2, 2, 3)).copy()
+    u = _mxnet_u(4)
+    u[:, P._U_JITTER:P._U_JITTER + 3] = [[0.5, 0.5, 0.5], [0.75, 0.5, 0.5],
+                                          [0.5, 0.8, 0.5], [0.5, 0.5, 0.2]]
+    dh, ds, dl = P.mxnet_hsl_offsets(u).T
+    assert list(dh) == [0, 18, 0, 0] and list(ds) == [0, 0, 30, 0] and list(dl) == [0, 0, 0, -30]
+    out = P.mxnet_hsl_jitter(images, u)
+    h0, l0, s0 = colorsys.rgb_to_hls(*(colour / 255))
+    for i in range(4):
+        h, light, s = colorsys.rgb_to_hls(*(out[i, 0, 0] / 255))
+        assert abs(h * 360 - (h0 * 360 + 2 * dh[i])) < 3, i
+        assert abs(light - (l0 + dl[i] / 255)) < 2.5 / 255, i
+        assert abs(s - (s0 + ds[i] / 255)) < 4 / 255, i
+    magenta = np.broadcast_to(np.asarray([250, 20, 60], np.uint8), (1, 1, 1, 3)).copy()  # 350°
+    uh = _mxnet_u(1)
+    uh[:, P._U_JITTER:P._U_JITTER + 3] = [1.0 - 1e-9, 0.5, 0.5]                 # dh = +35
+    h, _, _ = colorsys.rgb_to_hls(*(P.mxnet_hsl_jitter(magenta, uh)[0, 0, 0] / 255))
+    assert h * 360 > 355 or h * 360 < 1                    # clipped to red, not wrapped to 60°
+
+
+def test_mxnet_preprocessing_uses_the_authors_constants_and_eval_crop():
+    assert P.NORMALIZATION["imagenet_igc_mxnet"] == ((123.370, 112.757, 99.406),
+                                                     (68.998, 66.093, 68.292))
+    assert P.MXNET_FILL == (123, 113, 99)
+    rng = np.random.default_rng(9)
+    images = [rng.integers(0, 256, (int(rng.integers(300, 500)), int(rng.integers(300, 500)), 3),
+                           dtype=np.uint8) for _ in range(3)]
+    prep = P.Preprocessing("imagenet_mxnet", "imagenet_igc_mxnet", 224)
+    expected = np.stack([P.imagenet_eval_crop(im, 224) for im in images])
+    np.testing.assert_array_equal(prep.eval(images), P.normalize(expected, "imagenet_igc_mxnet"))
+    u = _mxnet_u(3)
+    first, second = prep.train(images, u), prep.train(images, u)
+    assert first.shape == (3, 224, 224, 3) and np.array_equal(first, second)

@@ -127,7 +127,7 @@ def test_tfds_training_batches_are_deterministic_and_resumable(tfds_dir):
 
 def test_imagenet_sized_images_through_the_imagenet_preprocessing(tfds_dir):
     config = _config("imagenet2012", tfds_dir, batch_size=4, eval_batch_size=4)
-    config.dataset.update(num_classes=1000, image_size=24, augment="imagenet",
+    config.dataset.update(num_classes=1000, image_size=24, augment="imagenet_inception",
                           normalization="imagenet")
     assert data.dataset_info(config.dataset) == data.DatasetInfo(
         "imagenet2012", 1000, (24, 24, 3), 20, 7)
@@ -207,7 +207,7 @@ def test_imagenet_batches_are_the_same_with_0_and_2_worker_processes(tfds_dir):
     """Batch k is a function of (seed, k, process index and count) only: worker processes (grain,
     batches through shared memory) change nothing, also from a resumed step."""
     config = _config("imagenet2012", tfds_dir, batch_size=4)
-    config.dataset.update(num_classes=1000, image_size=24, augment="imagenet",
+    config.dataset.update(num_classes=1000, image_size=24, augment="imagenet_inception",
                           normalization="imagenet", num_workers=0)
     info = data.dataset_info(config.dataset)
     plain = data.train_iterator(config, info, process_index=1, process_count=2)

@@ -65,8 +65,11 @@ def test_training_setup_is_the_official_one(name):
     if name in IMAGENET_FILES:
         assert (c.dataset.name, c.dataset.num_classes, c.dataset.image_size) == \
             ("imagenet2012", 1000, 224)
-        assert (c.dataset.normalization, c.dataset.augment) == ("imagenet", "imagenet")
-        assert (c.batch_size, c.lr_schedule, c.num_epochs) == (256, "imagenet", 100)
+        # The authors' train_imagenet.py: MXNet augmentation, their mean/std, 120 epochs.
+        assert (c.dataset.normalization, c.dataset.augment) == ("imagenet_igc_mxnet",
+                                                                 "imagenet_mxnet")
+        assert (c.batch_size, c.lr_schedule, c.num_epochs) == (256, "imagenet", 120)
+        assert c.model.init == "he_normal"
         assert 50_000 % c.eval_batch_size == 0
     else:
         dataset = {"cifar10_igc.py": ("cifar10", 10, "cifar10", "cifar", 400),
@@ -75,6 +78,7 @@ def test_training_setup_is_the_official_one(name):
         assert (c.dataset.name, c.dataset.num_classes, c.dataset.normalization,
                 c.dataset.augment, c.num_epochs) == dataset
         assert (c.batch_size, c.lr_schedule, c.dataset.image_size) == (64, "cifar", 32)
+        assert c.model.init == "he_normal"
     # The docstring gives the exact command and the hardware.
     assert f"python -m igc_jax.main --config=experiments/{name}" in module.__doc__
     assert "Hardware:" in module.__doc__ and "Paper's result" in module.__doc__

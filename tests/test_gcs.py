@@ -105,7 +105,7 @@ def gcs_tfds(gcs, tmp_path_factory) -> str:
 def _config(data_dir: str, **overrides):
     c = tiny_config(**overrides)
     c.dataset.update(name="imagenet2012", data_dir=data_dir, num_classes=1000, image_size=16,
-                     normalization="imagenet", augment="imagenet", num_workers=0)
+                     normalization="imagenet", augment="imagenet_inception", num_workers=0)
     c.batch_size, c.eval_batch_size = 4, 4
     return c
 

@@ -17,9 +17,11 @@ An experiment file in `experiments/` calls `base_config()` and sets what differs
   dataset.image_size        side of the square input the network sees
   dataset.normalization     name of the mean/std constants (spec §4), e.g. "cifar10"
   dataset.augment           training augmentation: "cifar" (pad 4 with the mean colour, crop,
-                            flip: official) | "cifar_zero_pad" | "imagenet" | "none"
-  dataset.color_jitter      strength of the ImageNet colour jitter (0: off)
-  dataset.num_workers       data worker processes: -1 = auto (sized to the CPUs for 'imagenet',
+                            flip: official) | "cifar_zero_pad" | "imagenet_mxnet" (official:
+                            MXNet scale/aspect/crop/flip/HSL) | "imagenet_inception" (random-area
+                            crop, flip, colour jitter) | "none"
+  dataset.color_jitter      strength of imagenet_inception's colour jitter (0: off)
+  dataset.num_workers       data worker processes: -1 = auto (sized to the CPUs for ImageNet,
                             0 otherwise; logged), else that number (0: threads in this process)
   batch_size, eval_batch_size   global batch sizes (divided over processes and devices)
   num_epochs | num_train_steps  training length (steps win when > 0)
@@ -120,15 +122,17 @@ def small_image_recipe(dataset: str, network: str) -> ml_collections.ConfigDict:
 def imagenet_recipe(network: str) -> ml_collections.ConfigDict:
     """The official ImageNet setup (spec §4) for one of spec §3's networks, by the paper's name.
 
-    Batch 256, lr 0.1 ×0.1 every 30 epochs, 100 epochs, bfloat16 compute; the evaluation batch
-    400 divides the 50,000 validation images and any device count up to 16.
+    The authors' train_imagenet.py: batch 256, lr 0.1 ×0.1 every 30 epochs, 120 epochs, MXNet's
+    scale/aspect/HSL augmentation with their mean/std; bfloat16 compute. The evaluation batch 400
+    divides the 50,000 validation images and any device count up to 16.
     """
     c = base_config()
     c.model = networks.imagenet_model(network)
     c.model.init = "he_normal"
     c.dataset.update(name="imagenet2012", num_classes=1000, image_size=224,
-                     normalization="imagenet", augment="imagenet", num_workers=-1)
-    c.update(batch_size=256, eval_batch_size=400, num_epochs=100.0, learning_rate=0.1,
+                     normalization="imagenet_igc_mxnet", augment="imagenet_mxnet",
+                     num_workers=-1)
+    c.update(batch_size=256, eval_batch_size=400, num_epochs=120.0, learning_rate=0.1,
              momentum=0.9, nesterov=True, weight_decay=1e-4, lr_schedule="imagenet",
              dtype="bfloat16")
     return c

@@ -10,8 +10,8 @@ dataset.num_workers > 0, worker processes that hand the batches back through sha
 keeps their order, so the batches do not depend on the number of workers.
 
 dataset.num_workers = -1 (auto, the default) sizes the workers to the CPUs this process may run on:
-one per CPU but one (left to the training loop), at most MAX_AUTO_WORKERS, for the 'imagenet'
-augmentation (a JPEG decode and resize per image); 0 for the others, whose vectorised numpy
+one per CPU but one (left to the training loop), at most MAX_AUTO_WORKERS, for the ImageNet
+augmentations (a JPEG decode and resize per image); 0 for the others, whose vectorised numpy
 preprocessing of in-memory arrays runs faster in threads than the workers' start (~13 s) repays
 (benchmarks/results/input_pipeline.md). The choice is logged once per setting.
 
@@ -64,7 +64,7 @@ def num_workers(dataset_cfg: Any) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _auto_workers(augment: str, cpus: int) -> int:
-    if augment == "imagenet":
+    if augment in preprocess.IMAGENET_AUGMENTATIONS:
         workers = min(max(cpus - 1, 1), MAX_AUTO_WORKERS)
         log.warning("dataset.num_workers=auto: %d worker processes (%d CPUs available, one left "
                     "to the training loop)", workers, cpus)

@@ -46,8 +46,23 @@ NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet_igc_mxnet": ((123.370, 112.757, 99.406), (68.998, 66.093, 68.292)),
 }
 # Training augmentations, by `config.dataset.augment`: "cifar" pads with the mean colour (official
-# code), "cifar_zero_pad" with black; "imagenet" is the Inception-style random-area crop.
-AUGMENTATIONS = ("cifar", "cifar_zero_pad", "imagenet", "none")
+# code), "cifar_zero_pad" with black; "imagenet_mxnet" is the authors' ImageNet augmentation
+# (MXNet scale/aspect/HSL, below), "imagenet_inception" the random-area crop + colour jitter.
+IMAGENET_AUGMENTATIONS = ("imagenet_mxnet", "imagenet_inception")
+AUGMENTATIONS = ("cifar", "cifar_zero_pad", *IMAGENET_AUGMENTATIONS, "none")
+
+# The authors' train_imagenet.py, through MXNet's ImageRecordIter (spec §4): images stored with
+# the short side at 480; a random scale s in MXNET_SCALE and aspect r in 1 ± MXNET_MAX_ASPECT give
+# horizontal and vertical factors hs = 2s/(1+r), ws = r·hs; the scaled image is centred on a
+# canvas of max(256, s·W) × max(256, s·H) (fill colour where it does not reach); a random
+# size×size crop of the canvas; a flip; integer offsets in ±MXNET_HSL added to OpenCV's 8-bit
+# H, S, L channels (clipped, not wrapped).
+MXNET_STORED_SHORT_SIDE = 480
+MXNET_SCALE = (0.533, 1.0)
+MXNET_MIN_IMG_SIZE = 256
+MXNET_MAX_ASPECT = 0.25
+MXNET_HSL = (36, 50, 50)            # random_h, random_s, random_l
+MXNET_FILL = (123, 113, 99)         # fill_value_r/g/b
 
 CIFAR_PAD = 4
 CROP_SCALE = (0.08, 1.0)           # area fraction of the random crop (Inception / ResNet recipe)
@@ -222,6 +237,102 @@ def imagenet_train_crop(image: Encoded, u: np.ndarray, size: int,
     return out[:, ::-1] if u[_U_FLIP] < 0.5 else out
 
 
+def mxnet_crop_box(height: int, width: int, u: np.ndarray,
+                   size: int) -> tuple[float, float, float, float]:
+    """(top, left, box_h, box_w) in the original image of the MXNet size×size training crop.
+
+    The 480 short-side storage and the random scale/aspect resize compose into one scale per
+    axis, so the crop is one resample of this box (which may reach past the image: fill there).
+    Draws: u[0] scale, u[1] aspect, u[_U_POS:_U_POS+2] the crop's integer offset on the canvas.
+    """
+    f = MXNET_STORED_SHORT_SIDE / min(height, width)
+    rows, cols = height * f, width * f
+    s = MXNET_SCALE[0] + u[0] * (MXNET_SCALE[1] - MXNET_SCALE[0])
+    r = 1.0 + MXNET_MAX_ASPECT * (2.0 * u[1] - 1.0)
+    hs = 2.0 * s / (1.0 + r)
+    ws = r * hs
+    canvas_w, canvas_h = max(MXNET_MIN_IMG_SIZE, s * cols), max(MXNET_MIN_IMG_SIZE, s * rows)
+    tx, ty = (canvas_w - hs * cols) / 2, (canvas_h - ws * rows) / 2
+    y0 = math.floor(u[_U_POS] * (int(canvas_h) - size + 1))
+    x0 = math.floor(u[_U_POS + 1] * (int(canvas_w) - size + 1))
+    return (y0 - ty) / (ws * f), (x0 - tx) / (hs * f), size / (ws * f), size / (hs * f)
+
+
+def mxnet_train_crop(image: Encoded, u: np.ndarray, size: int, channels: int = 3) -> np.ndarray:
+    """uint8 H×W×C (or its encoded file) → the MXNet training crop, size×size, maybe flipped.
+
+    One bilinear affine resample of `mxnet_crop_box` (no antialiasing, as OpenCV's warpAffine),
+    MXNET_FILL outside the image; an encoded image is decoded at the largest DCT reduction that
+    keeps the box at least size×size.
+    """
+    if _is_encoded(image):
+        h, w = encoded_size(image)
+        top, left, bh, bw = mxnet_crop_box(h, w, u, size)
+        pixels = decode(image, channels, dct_reduction(bh, bw, size))
+        sy, sx = pixels.shape[0] / h, pixels.shape[1] / w
+    else:
+        pixels = image
+        top, left, bh, bw = mxnet_crop_box(image.shape[0], image.shape[1], u, size)
+        sy = sx = 1.0
+    fill = MXNET_FILL if channels == 3 else round(float(np.mean(MXNET_FILL)))
+    out = _pil(pixels).transform(
+        (size, size), Image.AFFINE, (bw * sx / size, 0.0, left * sx, 0.0, bh * sy / size, top * sy),
+        resample=Image.BILINEAR, fillcolor=fill)
+    out = _array(out, channels)
+    return out[:, ::-1] if u[_U_FLIP] < 0.5 else out
+
+
+def mxnet_hsl_offsets(u: np.ndarray) -> np.ndarray:
+    """(B, 3) integer (h, s, l) offsets: int(u·2R − R) per channel, truncated toward zero (C++)."""
+    r = np.asarray(MXNET_HSL, np.float64)
+    return np.trunc(u[:, _U_JITTER:_U_JITTER + 3] * 2 * r - r).astype(np.int32)
+
+
+def rgb_to_hls8(x: np.ndarray) -> np.ndarray:
+    """OpenCV's 8-bit RGB→HLS: H in [0, 180) (degrees / 2), L and S in [0, 255], rounded."""
+    x = x.astype(np.float32) / 255.0
+    vmax, vmin = x.max(-1), x.min(-1)
+    diff, total = vmax - vmin, vmax + vmin
+    light = total / 2
+    safe = np.where(diff > 1.1920929e-07, diff, 1.0)
+    sat = np.where(light < 0.5, diff / np.maximum(total, 1e-12),
+                   diff / np.maximum(2.0 - total, 1e-12))
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    hue = np.where(vmax == r, (g - b) * 60 / safe,
+                   np.where(vmax == g, (b - r) * 60 / safe + 120, (r - g) * 60 / safe + 240))
+    hue = np.where(hue < 0, hue + 360, hue)
+    flat = diff <= 1.1920929e-07
+    hue, sat = np.where(flat, 0.0, hue), np.where(flat, 0.0, sat)
+    return np.stack([np.round(hue / 2), np.round(light * 255), np.round(sat * 255)], -1)
+
+
+def hls8_to_rgb(hls: np.ndarray) -> np.ndarray:
+    """OpenCV's 8-bit HLS→RGB (H in degrees / 2), float 0–255 (not yet rounded)."""
+    h, light, sat = hls[..., 0] * 2.0, hls[..., 1] / 255.0, hls[..., 2] / 255.0
+    p2 = np.where(light <= 0.5, light * (1 + sat), light + sat - light * sat)
+    p1 = 2 * light - p2
+
+    def channel(shift):
+        t = np.mod(h + shift, 360.0) / 60.0
+        return np.where(t < 1, p1 + (p2 - p1) * t, np.where(
+            t < 3, p2, np.where(t < 4, p1 + (p2 - p1) * (4 - t), p1)))
+
+    rgb = np.stack([channel(120.0), channel(0.0), channel(-120.0)], -1)
+    return np.where((sat == 0)[..., None], light[..., None], rgb) * 255.0
+
+
+def mxnet_hsl_jitter(images: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """uint8 B×H×W×3 → uint8 with each image's HSL offsets added in OpenCV's 8-bit HLS, clipped to
+    [0, 180] for H and [0, 255] for L and S (MXNet clips the hue too, it does not wrap it)."""
+    dh, ds, dl = mxnet_hsl_offsets(u).T
+    if not (dh.any() or ds.any() or dl.any()):
+        return images
+    hls = rgb_to_hls8(images)
+    hls += np.stack([dh, dl, ds], -1)[:, None, None, :].astype(hls.dtype)
+    np.clip(hls, 0, np.asarray([180, 255, 255], hls.dtype), out=hls)
+    return np.clip(np.round(hls8_to_rgb(hls)), 0, 255).astype(np.uint8)
+
+
 def eval_resize_shape(h: int, w: int, size: int) -> tuple[int, int]:
     """(new_h, new_w): the short side resized to round(size·256/224), the aspect kept."""
     short = round(size * EVAL_RESIZE)
@@ -330,7 +441,11 @@ class Preprocessing:
             x = pad_crop_flip(images, u, fill=fill_colour(self.normalization))
         elif self.augment == "cifar_zero_pad":
             x = pad_crop_flip(images, u)
-        elif self.augment == "imagenet":
+        elif self.augment == "imagenet_mxnet":
+            crops = np.stack([mxnet_train_crop(im, ui, self.image_size, self.channels)
+                              for im, ui in zip(images, u)])
+            x = mxnet_hsl_jitter(crops, u) if crops.shape[-1] == 3 else crops
+        elif self.augment == "imagenet_inception":
             crops = [imagenet_train_crop(im, ui, self.image_size, self.channels)
                      for im, ui in zip(images, u)]
             if self.color_jitter > 0:
@@ -342,7 +457,7 @@ class Preprocessing:
 
     def eval(self, images: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """Deterministic: ImageNet short-side resize + centre crop, else the images as stored."""
-        if self.augment == "imagenet":
+        if self.augment in IMAGENET_AUGMENTATIONS:
             images = np.stack([imagenet_eval_crop(im, self.image_size, self.channels)
                                for im in images])
         return normalize(images, self.normalization)

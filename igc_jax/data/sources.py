@@ -425,8 +425,8 @@ def _stored(dataset_cfg: Any) -> tuple[str, int, tuple[int | None, int | None, i
 def dataset_info(dataset_cfg: Any) -> DatasetInfo:
     """Sizes and the network's input shape, from metadata only; DataError on any inconsistency.
 
-    Augment 'imagenet' resizes every image to image_size×image_size; 'cifar' and 'none' keep the
-    stored size, which must then equal image_size.
+    The ImageNet augmentations resize every image to image_size×image_size; 'cifar' and 'none'
+    keep the stored size, which must then equal image_size.
     """
     _check_names(dataset_cfg)
     name, num_classes, (h, w, c), num_train, num_eval = _stored(dataset_cfg)
@@ -434,10 +434,12 @@ def dataset_info(dataset_cfg: Any) -> DatasetInfo:
         raise DataError(f"{name} has {num_classes} classes but dataset.num_classes="
                         f"{dataset_cfg.num_classes}")
     size = dataset_cfg.image_size
-    if dataset_cfg.augment != "imagenet" and (h, w) != (size, size):
+    resizes = dataset_cfg.augment in preprocess.IMAGENET_AUGMENTATIONS
+    if not resizes and (h, w) != (size, size):
         stored = "of varying size" if h is None else f"{h}×{w}"
         raise DataError(f"{name} images are {stored} but dataset.image_size={size} and augment="
-                        f"{dataset_cfg.augment!r} does not resize (only 'imagenet' does)")
+                        f"{dataset_cfg.augment!r} does not resize (only "
+                        f"{' and '.join(map(repr, preprocess.IMAGENET_AUGMENTATIONS))} do)")
     channels = len(preprocess.NORMALIZATION[dataset_cfg.normalization][0])
     if channels != c:
         raise DataError(f"normalization {dataset_cfg.normalization!r} has {channels} channel(s) "
@@ -460,4 +462,4 @@ def open_split(dataset_cfg: Any, split: str, info: DatasetInfo) -> Split:
     train_splits, eval_split = TFDS_SPLITS[name]
     return TfdsSplit(name, tfds_data_dir(dataset_cfg),
                      train_splits if split == "train" else (eval_split,),
-                     encoded=dataset_cfg.augment == "imagenet")
+                     encoded=dataset_cfg.augment in preprocess.IMAGENET_AUGMENTATIONS)
