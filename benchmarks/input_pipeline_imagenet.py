@@ -7,12 +7,15 @@ one thread, images per second of wall time and per CPU-second of the process, fo
              box on the whole image, colour jitter then normalisation as separate numpy passes
   current    `Preprocessing.train/eval` on the encoded bytes (simplejpeg decode at the largest
              DCT reduction that keeps the box >= the output, crop before resize, one fused
-             colour matrix)
+             colour matrix), augment imagenet_inception
+  imagenet_mxnet  the ImageNet configs' default since issue 18: the authors' MXNet recipe
+             (one affine resample per crop, HSL jitter in OpenCV's 8-bit HLS)
   tf.data    TensorFlow's `decode_and_crop_jpeg` with the same crop boxes, bilinear resize, flip,
              the same jitter and normalisation in TF ops; one thread (tf.data private pool of 1,
              intra/inter-op parallelism 1). Skipped with a note when TensorFlow is absent.
 Then the total of `train_iterator` (batches of 64 from a tiny TFDS imagenet2012 of the photos,
-the trainer's real path) with dataset.num_workers = 0 (threads), 1 and 2.
+the trainer's real path with the ImageNet configs' augmentation, imagenet_mxnet) with
+dataset.num_workers = 0 (threads), 1 and 2.
 """
 from __future__ import annotations
 
@@ -189,8 +192,10 @@ def run(results_dir: Path, n: int = 128, rounds: int = 7, batches: int = 24) -> 
               "width": [min(s[1] for s in sizes), max(s[1] for s in sizes)],
               "quality": 90}
     tf_fns = tf_pipelines(jpegs, u, 64)
+    mxnet = preprocess.Preprocessing("imagenet_mxnet", "imagenet_igc_mxnet", SIZE)
     fns = {("train", "previous"): lambda: previous_train(jpegs, u),
-           ("train", "current"): lambda: prep.train(list(jpegs), u)}
+           ("train", "current"): lambda: prep.train(list(jpegs), u),
+           ("train", "imagenet_mxnet"): lambda: mxnet.train(list(jpegs), u)}
     if tf_fns is not None:
         fns["train", "tf.data"] = tf_fns[0]
     fns.update({("eval", "previous"): lambda: previous_eval(jpegs),

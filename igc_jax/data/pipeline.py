@@ -36,7 +36,8 @@ from igc_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
-READ_THREADS = 2        # threads building batches ahead of the training step
+READ_THREADS = 2        # threads building batches ahead of the training step (no workers)
+WORKER_READ_THREADS = 1  # per worker process: each worker is one core's worth of work
 PREFETCH_BATCHES = 4    # batches kept ready
 MAX_AUTO_WORKERS = 64   # each worker is a full Python process (its own imports and buffers)
 
@@ -165,7 +166,12 @@ def _ensure_absl_flags_parsed() -> None:
 
 
 def _prefetched(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
+    """Threads in this process (0 workers), or worker processes of one read thread each: JPEG
+    decoding and PIL release the GIL, so two threads per worker took both cores of a 2-core host
+    with one worker and a second worker had nothing left (benchmarks/results/
+    input_pipeline_imagenet.md)."""
+    threads = WORKER_READ_THREADS if num_workers > 0 else READ_THREADS
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                               prefetch_buffer_size=PREFETCH_BATCHES))
     if num_workers > 0:
         _ensure_absl_flags_parsed()

@@ -289,48 +289,72 @@ def mxnet_hsl_offsets(u: np.ndarray) -> np.ndarray:
 
 
 def rgb_to_hls8(x: np.ndarray) -> np.ndarray:
-    """OpenCV's 8-bit RGB→HLS: H in [0, 180) (degrees / 2), L and S in [0, 255], rounded."""
-    x = x.astype(np.float32) / 255.0
-    vmax, vmin = x.max(-1), x.min(-1)
+    """OpenCV's 8-bit RGB→HLS of (…, 3) uint8: H in [0, 180) (degrees / 2), L and S in [0, 255],
+    rounded; float32 (…, 3)."""
+    shape = x.shape
+    r, g, b = np.ascontiguousarray(x.reshape(-1, 3).T, dtype=np.float32)   # 0–255
+    vmax, vmin = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
     diff, total = vmax - vmin, vmax + vmin
-    light = total / 2
-    safe = np.where(diff > 1.1920929e-07, diff, 1.0)
-    sat = np.where(light < 0.5, diff / np.maximum(total, 1e-12),
-                   diff / np.maximum(2.0 - total, 1e-12))
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    hue = np.where(vmax == r, (g - b) * 60 / safe,
-                   np.where(vmax == g, (b - r) * 60 / safe + 120, (r - g) * 60 / safe + 240))
-    hue = np.where(hue < 0, hue + 360, hue)
-    flat = diff <= 1.1920929e-07
-    hue, sat = np.where(flat, 0.0, hue), np.where(flat, 0.0, sat)
-    return np.stack([np.round(hue / 2), np.round(light * 255), np.round(sat * 255)], -1)
+    flat = diff == 0
+    inv = np.float32(60) / np.where(flat, np.float32(1), diff)
+    # The sector of the largest channel: r: (g − b)/diff, g: (b − r)/diff + 2, b: (r − g)/diff + 4.
+    hue = np.where(vmax == b, r - g, b - r)
+    hue *= inv
+    hue += np.where(vmax == b, np.float32(240), np.float32(120))
+    red = vmax == r
+    hue[red] = ((g - b) * inv)[red]
+    hue[hue < 0] += 360
+    hue[flat] = 0
+    out = np.empty((r.size, 3), np.float32)
+    np.multiply(hue, np.float32(0.5), out=out[:, 0])
+    np.multiply(total, np.float32(0.5), out=out[:, 1])
+    denominator = np.where(total < 255, np.maximum(total, 1), 510 - total)
+    np.divide(diff * np.float32(255), denominator, out=out[:, 2])
+    np.round(out, out=out)
+    return out.reshape(shape)
 
 
 def hls8_to_rgb(hls: np.ndarray) -> np.ndarray:
-    """OpenCV's 8-bit HLS→RGB (H in degrees / 2), float 0–255 (not yet rounded)."""
-    h, light, sat = hls[..., 0] * 2.0, hls[..., 1] / 255.0, hls[..., 2] / 255.0
-    p2 = np.where(light <= 0.5, light * (1 + sat), light + sat - light * sat)
-    p1 = 2 * light - p2
+    """OpenCV's 8-bit HLS→RGB of (…, 3) (H in degrees / 2): float32 0–255, not yet rounded.
 
-    def channel(shift):
-        t = np.mod(h + shift, 360.0) / 60.0
-        return np.where(t < 1, p1 + (p2 - p1) * t, np.where(
-            t < 3, p2, np.where(t < 4, p1 + (p2 - p1) * (4 - t), p1)))
-
-    rgb = np.stack([channel(120.0), channel(0.0), channel(-120.0)], -1)
-    return np.where((sat == 0)[..., None], light[..., None], rgb) * 255.0
+    The standard piecewise-linear HSL → RGB: channel n ∈ (0, 8, 4) for (R, G, B) is
+    l − a·clip(min(k − 3, 9 − k), −1, 1), k = (n + hue/30) mod 12, a = s·min(l, 1 − l)."""
+    shape = hls.shape
+    h, light, sat = np.ascontiguousarray(hls.reshape(-1, 3).T, dtype=np.float32)
+    light = light * np.float32(1 / 255)
+    a = sat * np.float32(1 / 255) * np.minimum(light, 1 - light)
+    h15 = h * np.float32(1 / 15)                    # hue (degrees) / 30 = H8 / 15, in [0, 12]
+    out = np.empty((h.size, 3), np.float32)
+    k, t = np.empty_like(h15), np.empty_like(h15)
+    for c, n in enumerate((0.0, 8.0, 4.0)):
+        np.add(h15, np.float32(n), out=k)
+        k[k >= 12] -= 12                            # (n + hue/30) mod 12, k < 24
+        np.subtract(9, k, out=t)
+        np.minimum(np.subtract(k, 3, out=k), t, out=t)
+        np.clip(t, -1, 1, out=t)
+        np.multiply(a, t, out=t)
+        np.subtract(light, t, out=out[:, c])
+    out *= np.float32(255)
+    return out.reshape(shape)
 
 
 def mxnet_hsl_jitter(images: np.ndarray, u: np.ndarray) -> np.ndarray:
     """uint8 B×H×W×3 → uint8 with each image's HSL offsets added in OpenCV's 8-bit HLS, clipped to
-    [0, 180] for H and [0, 255] for L and S (MXNet clips the hue too, it does not wrap it)."""
-    dh, ds, dl = mxnet_hsl_offsets(u).T
-    if not (dh.any() or ds.any() or dl.any()):
-        return images
-    hls = rgb_to_hls8(images)
-    hls += np.stack([dh, dl, ds], -1)[:, None, None, :].astype(hls.dtype)
-    np.clip(hls, 0, np.asarray([180, 255, 255], hls.dtype), out=hls)
-    return np.clip(np.round(hls8_to_rgb(hls)), 0, 255).astype(np.uint8)
+    [0, 180] for H and [0, 255] for L and S (MXNet clips the hue too, it does not wrap it).
+    One image at a time, so the float32 temporaries stay in cache."""
+    offsets = mxnet_hsl_offsets(u)
+    out = images.copy()
+    bounds = np.asarray([180, 255, 255], np.float32)
+    for i, (dh, ds, dl) in enumerate(offsets):
+        if dh or ds or dl:
+            hls = rgb_to_hls8(images[i])
+            hls += np.asarray([dh, dl, ds], np.float32)
+            np.clip(hls, 0, bounds, out=hls)
+            rgb = hls8_to_rgb(hls)
+            np.round(rgb, out=rgb)
+            np.clip(rgb, 0, 255, out=rgb)
+            out[i] = rgb
+    return out
 
 
 def eval_resize_shape(h: int, w: int, size: int) -> tuple[int, int]:
