@@ -231,8 +231,11 @@ def test_num_workers_auto_is_sized_to_the_cpus_for_imagenet_only(monkeypatch):
     assert c.dataset.num_workers == -1
     monkeypatch.setattr(pipeline, "available_cpus", lambda: 8)
     assert pipeline.num_workers(c.dataset) == 7
-    monkeypatch.setattr(pipeline, "available_cpus", lambda: 1)
-    assert pipeline.num_workers(c.dataset) == 1
+    monkeypatch.setattr(pipeline, "available_cpus", lambda: 4)
+    assert pipeline.num_workers(c.dataset) == 3
+    for small in (1, 2, 3):                    # threads beat 1–2 one-core workers (measured)
+        monkeypatch.setattr(pipeline, "available_cpus", lambda: small)
+        assert pipeline.num_workers(c.dataset) == 0
     monkeypatch.setattr(pipeline, "available_cpus", lambda: 500)
     assert pipeline.num_workers(c.dataset) == pipeline.MAX_AUTO_WORKERS
     assert pipeline.num_workers(configs.base_config().dataset) == 0      # cifar: threads

@@ -11,7 +11,8 @@ keeps their order, so the batches do not depend on the number of workers.
 
 dataset.num_workers = -1 (auto, the default) sizes the workers to the CPUs this process may run on:
 one per CPU but one (left to the training loop), at most MAX_AUTO_WORKERS, for the ImageNet
-augmentations (a JPEG decode and resize per image); 0 for the others, whose vectorised numpy
+augmentations (a JPEG decode and resize per image) on hosts of MIN_CPUS_FOR_WORKERS CPUs or more
+(below that, threads in this process are faster); 0 for the others, whose vectorised numpy
 preprocessing of in-memory arrays runs faster in threads than the workers' start (~13 s) repays
 (benchmarks/results/input_pipeline.md). The choice is logged once per setting.
 
@@ -40,6 +41,11 @@ READ_THREADS = 2        # threads building batches ahead of the training step (n
 WORKER_READ_THREADS = 1  # per worker process: each worker is one core's worth of work
 PREFETCH_BATCHES = 4    # batches kept ready
 MAX_AUTO_WORKERS = 64   # each worker is a full Python process (its own imports and buffers)
+# Below this many CPUs auto uses threads: READ_THREADS in this process keep about 1.8 cores busy
+# (decode and resize release the GIL), one-thread workers one core each while one CPU is left to
+# the training loop, so workers win from 4 CPUs (3 workers) on. Measured on 2 cores: threads 277,
+# one worker 141, two workers 269 images/s (benchmarks/results/input_pipeline_imagenet.md).
+MIN_CPUS_FOR_WORKERS = 4
 
 
 def available_cpus() -> int:
@@ -65,8 +71,13 @@ def num_workers(dataset_cfg: Any) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _auto_workers(augment: str, cpus: int) -> int:
-    if augment in preprocess.IMAGENET_AUGMENTATIONS:
-        workers = min(max(cpus - 1, 1), MAX_AUTO_WORKERS)
+    if augment in preprocess.IMAGENET_AUGMENTATIONS and cpus < MIN_CPUS_FOR_WORKERS:
+        workers = 0
+        log.warning("dataset.num_workers=auto: 0 worker processes (%d CPUs: %d threads in this "
+                    "process decode faster than %d one-core worker(s) beside the training loop)",
+                    cpus, READ_THREADS, max(cpus - 1, 1))
+    elif augment in preprocess.IMAGENET_AUGMENTATIONS:
+        workers = min(cpus - 1, MAX_AUTO_WORKERS)
         log.warning("dataset.num_workers=auto: %d worker processes (%d CPUs available, one left "
                     "to the training loop)", workers, cpus)
     else:
