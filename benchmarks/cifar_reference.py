@@ -83,8 +83,9 @@ def to_tensor(images: np.ndarray):
 
 
 def learning_rate(step: int, num_steps: int) -> float:
-    """lr of update `step` (0-based): ×0.1 for each decay boundary b = int(num_steps·f) < step."""
-    return LR * 0.1 ** sum(int(num_steps * f) < step for f in DECAYS)
+    """lr of update `step` (0-based): ×0.1 for each decay boundary b = int(num_steps·f) <= step
+    (optax's piecewise_constant_schedule, which igc-jax uses)."""
+    return LR * 0.1 ** sum(int(num_steps * f) <= step for f in DECAYS)
 
 
 def test_top1(model, x_test: np.ndarray, y_test: np.ndarray) -> float:
@@ -140,7 +141,7 @@ def torch_train(net: str, init: str, data_dir: Path, out: Path, epochs: int = EP
             loss = F.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             if (i + 1) % WINDOW == 0:
                 now = time.perf_counter()
                 rates.append(WINDOW * BATCH / (now - t))

@@ -46,3 +46,56 @@ def test_imagenet_benchmark_compares_the_same_transform():
     np.testing.assert_allclose(prep.train(list(jpegs), u), bench.previous_train(jpegs, u),
                                atol=0.05)
     np.testing.assert_allclose(prep.eval(list(jpegs)), bench.previous_eval(jpegs), atol=0.02)
+
+
+def test_cifar_reference_pytorch_schedule_is_igc_jax_schedule():
+    """The PyTorch side's lr of every update equals igc-jax's optax schedule at that count."""
+    import numpy as np
+
+    from benchmarks import cifar_reference as ref
+    from igc_jax import configs
+    from igc_jax.data import preprocess
+    from igc_jax.training import steps
+
+    c = configs.load_config("experiments/cifar10_igc.py:L24M2,D8")
+    spe = 50_000 // ref.BATCH
+    num_steps = ref.EPOCHS * spe
+    schedule = steps.learning_rate_schedule(c, spe, num_steps)
+    ours = np.asarray([ref.learning_rate(s, num_steps) for s in range(num_steps)])
+    theirs = np.asarray([float(schedule(s)) for s in range(num_steps)])
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+    assert sorted(set(np.round(ours, 8))) == [1e-4, 1e-3, 1e-2, 0.1]
+    assert c.dataset.normalization == "cifar10"
+    assert (ref.MEAN, ref.STD) == preprocess.NORMALIZATION["cifar10"]
+    assert (ref.LR, ref.MOMENTUM, ref.WEIGHT_DECAY) == (c.learning_rate, c.momentum,
+                                                         c.weight_decay)
+
+
+def test_cifar_reference_pytorch_augmentation_pads_with_the_mean_colour():
+    import numpy as np
+
+    from benchmarks import cifar_reference as ref
+
+    images = np.full((400, 32, 32, 3), 7, np.uint8)
+    out = ref.augment(images, np.random.default_rng(0))
+    assert out.shape == images.shape
+    border = np.any(out != 7, axis=-1)
+    assert border.any() and np.all(out[border] == (125, 123, 114))
+    # Every offset in 0..8 occurs: the top-left border is 0–4 rows/columns wide.
+    rows = {int(border[i, :, 16].sum()) for i in range(400)}
+    assert rows == set(range(5))
+
+
+@pytest.mark.parametrize("init", ["he_normal", "torch_default"])
+def test_torch_peer_initialisation_standard_deviations(init):
+    torch_peer = pytest.importorskip("benchmarks.torch_peer")
+    import math
+
+    from igc_jax.configs.networks import cifar_model
+
+    net = torch_peer.build(dict(cifar_model("L24M2,D8"), init=init))
+    for name, p in net.named_parameters():
+        if p.ndim == 4:
+            fan_in = p.shape[1] * p.shape[2] * p.shape[3]
+            want = math.sqrt(2 / fan_in) if init == "he_normal" else math.sqrt(1 / (3 * fan_in))
+            assert abs(float(p.std()) / want - 1) < 5 / math.sqrt(2 * p.numel()) + 0.01, name
