@@ -16,6 +16,7 @@ def get_config(arg: str | None = None):
     c.model.depth = 8
     c.model.L = 4
     c.model.M = 4
+    c.model.init = "he_normal"          # the official initialisation (or "torch_default")
     c.dataset.name = "digits"
     c.dataset.num_classes = 10
     c.dataset.image_size = 8

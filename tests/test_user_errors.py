@@ -123,6 +123,7 @@ CASES: dict[str, Case] = {
     "color_jitter > 1": (["--config.dataset.color_jitter=2.0"], ("dataset.color_jitter",), {}, 1),
     "augment unknown": (["--config.dataset.augment=autoaugment"], ("augment", "autoaugment"),
                         {}, 1),
+    "init unknown": (["--config.model.init=xavier"], ("model.init", "xavier"), {}, 1),
     "wrong class count": (["--config.dataset.num_classes=100"], ("num_classes=100", "10"), {}, 1),
     "wrong image size": (["--config.dataset.image_size=32"], ("image_size=32", "8×8"), {}, 1),
     "normalization of 3 channels": (["--config.dataset.normalization=imagenet"],
