@@ -100,6 +100,16 @@ def test_same_logits_gradients_and_running_statistics(arg):
     assert len(bns) == len(flax_means)
     for bn, mean in zip(bns, flax_means):
         np.testing.assert_allclose(bn.running_mean.numpy(), mean, rtol=1e-4, atol=1e-6)
+    # Evaluation: both normalise with the running statistics (here flax's, copied over).
+    with torch.no_grad():
+        for bn, k in zip(bns, variables["batch_stats"]):
+            bn.running_mean.copy_(torch.from_numpy(np.asarray(stats[k]["mean"])))
+            bn.running_var.copy_(torch.from_numpy(np.asarray(stats[k]["var"])))
+    evaluated = model.apply({"params": variables["params"], "batch_stats": stats}, jnp.asarray(x),
+                            train=False)
+    net.eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(net(xt).numpy(), np.asarray(evaluated), rtol=2e-4, atol=2e-4)
 
 
 def test_sgd_nesterov_with_l2_matches_igc_jax_optimizer():
