@@ -84,11 +84,16 @@ def cifar_model(arg: str) -> ml_collections.ConfigDict:
         downsample_quirk="no_quirk" not in flags, sum_fusion="sum_fusion" in flags))
 
 
+# Model-config fields that say how a network starts, not which network it is.
+NOT_THE_NETWORK = ("init",)
+
+
 def network_name(model_cfg: Mapping[str, Any]) -> str:
     """The paper's name of a network, e.g. `IGC-L24M2+Ident. (D=20)`, for tables and logs."""
     name = model_cfg["name"]
+    network = {k: v for k, v in model_cfg.items() if k not in NOT_THE_NETWORK}
     for paper_name, fields in IMAGENET_NETWORKS.items():
-        if _same_fields(model_cfg, fields):
+        if _same_fields(network, fields):
             return paper_name
     if name == "cifar_regconv":
         base = f"RegConv-W{model_cfg['width']}"
