@@ -208,7 +208,8 @@ def test_the_command_line_with_a_gs_workdir_is_preempted_and_resumes(gcs_tfds, g
     flags = ["--config.model.depth=5", "--config.model.L=2", "--config.model.M=2",
              "--config.dataset.name=imagenet2012", f"--config.dataset.data_dir={gcs_tfds}",
              "--config.dataset.num_classes=1000", "--config.dataset.image_size=16",
-             "--config.dataset.normalization=imagenet", "--config.dataset.augment=imagenet_inception",
+             "--config.dataset.normalization=imagenet",
+             "--config.dataset.augment=imagenet_inception",
              "--config.dataset.num_workers=0", "--config.batch_size=4",
              "--config.eval_batch_size=4", "--config.log_every_steps=1",
              "--config.checkpoint_every_steps=2", "--config.eval_every_steps=1000"]
