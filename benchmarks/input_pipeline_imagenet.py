@@ -273,9 +273,11 @@ def markdown(r: dict) -> str:
               " (target ≥ 1×)",
               f"- 2 workers / 1 worker: {c['two_workers_vs_one']}× in images/s (target ≥ 1.6×), "
               f"{c['two_workers_vs_one_per_cpu_s']}× in images per CPU-second", "",
-              "0 workers: grain's two prefetch threads in the training process (the GIL "
-              "serialises most of the work). Workers are spawned processes; their first batch "
-              "includes their start. Cores used: CPU-seconds of the training process and its "
+              "0 workers: grain's two read threads in the training process (the JPEG decode "
+              "and PIL's resampling release the GIL, so they keep up to 2 cores busy). Workers "
+              "are spawned processes of one read thread each; their first batch includes their "
+              "start. The CIFAR training jobs of benchmarks/cifar_reference.py were paused "
+              "(SIGSTOP) while this ran. Cores used: CPU-seconds of the training process and its "
               "workers per second; images per CPU-second staying flat from 1 to 2 workers means "
               "no per-worker overhead, so W workers reach W times one worker's rate when W free "
               "cores are there (cores used shows whether they were).", ""]
