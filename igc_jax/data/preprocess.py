@@ -219,21 +219,28 @@ def _resize_box(image: np.ndarray, box: tuple[float, float, float, float],
     return _array(out, image.shape[-1])
 
 
+def _crop_source(image: Encoded, box_of, size: int,
+                 channels: int) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """(pixels, (top, left, box_h, box_w) in those pixels) for a crop box `box_of(h, w)` drawn
+    from the stored size: an encoded image is decoded at the largest DCT reduction that keeps the
+    box at least size×size, and the box is scaled to the decoded pixels."""
+    if not _is_encoded(image):
+        return image, box_of(image.shape[0], image.shape[1])
+    h, w = encoded_size(image)
+    top, left, bh, bw = box_of(h, w)
+    pixels = decode(image, channels, dct_reduction(bh, bw, size))
+    sy, sx = pixels.shape[0] / h, pixels.shape[1] / w
+    return pixels, (top * sy, left * sx, bh * sy, bw * sx)
+
+
 def imagenet_train_crop(image: Encoded, u: np.ndarray, size: int,
                         channels: int = 3) -> np.ndarray:
     """uint8 H×W×C (or its encoded file) → a random scale/aspect crop, resized (bilinear) to
     size×size, maybe flipped. The box depends only on the stored size and `u`; an encoded image is
     decoded at the largest DCT reduction that keeps the box at least size×size."""
-    if _is_encoded(image):
-        h, w = encoded_size(image)
-        top, left, ch, cw = random_crop_box(h, w, u)
-        pixels = decode(image, channels, dct_reduction(ch, cw, size))
-        sy, sx = pixels.shape[0] / h, pixels.shape[1] / w
-    else:
-        pixels = image
-        top, left, ch, cw = random_crop_box(image.shape[0], image.shape[1], u)
-        sy = sx = 1.0
-    out = _resize_box(pixels, (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy), size)
+    pixels, (top, left, ch, cw) = _crop_source(
+        image, lambda h, w: random_crop_box(h, w, u), size, channels)
+    out = _resize_box(pixels, (left, top, left + cw, top + ch), size)
     return out[:, ::-1] if u[_U_FLIP] < 0.5 else out
 
 
@@ -265,18 +272,11 @@ def mxnet_train_crop(image: Encoded, u: np.ndarray, size: int, channels: int = 3
     MXNET_FILL outside the image; an encoded image is decoded at the largest DCT reduction that
     keeps the box at least size×size.
     """
-    if _is_encoded(image):
-        h, w = encoded_size(image)
-        top, left, bh, bw = mxnet_crop_box(h, w, u, size)
-        pixels = decode(image, channels, dct_reduction(bh, bw, size))
-        sy, sx = pixels.shape[0] / h, pixels.shape[1] / w
-    else:
-        pixels = image
-        top, left, bh, bw = mxnet_crop_box(image.shape[0], image.shape[1], u, size)
-        sy = sx = 1.0
+    pixels, (top, left, bh, bw) = _crop_source(
+        image, lambda h, w: mxnet_crop_box(h, w, u, size), size, channels)
     fill = MXNET_FILL if channels == 3 else round(float(np.mean(MXNET_FILL)))
     out = _pil(pixels).transform(
-        (size, size), Image.AFFINE, (bw * sx / size, 0.0, left * sx, 0.0, bh * sy / size, top * sy),
+        (size, size), Image.AFFINE, (bw / size, 0.0, left, 0.0, bh / size, top),
         resample=Image.BILINEAR, fillcolor=fill)
     out = _array(out, channels)
     return out[:, ::-1] if u[_U_FLIP] < 0.5 else out
