@@ -13,9 +13,13 @@ of `benchmarks/torch_peer.py` in this file's `torch_train`, which shares no code
 
 Eight jobs, `--parallel` at a time (default: one per core, each pinned to its own core, so each
 job sees one core whatever the others do). Every job resumes: igc-jax from its own checkpoints,
-PyTorch from the checkpoint it writes after each epoch; a job whose result.json exists is skipped.
-Rerun the same command until the table is complete. Results (per-epoch test top-1, final,
-train images/s as the median over 50-step windows, so a paused machine does not bias it):
+PyTorch from the checkpoint it writes after each epoch. A job is skipped when its result.json
+exists under --root, or when benchmarks/results/cifar_reference.json (this script's own output,
+committed) already holds its result; `--rerun` ignores the committed file. Each result records the
+commit it was measured at. Rerun the same command until the table is complete; the jobs run
+longest first (by their measured one-core durations), so the two cores finish together.
+Results (per-epoch test top-1, final, train images/s as the median over 50-step windows, so a
+paused machine does not bias it):
 benchmarks/results/cifar_reference.{json,md,png}.
 """
 from __future__ import annotations
@@ -40,6 +44,9 @@ EPOCHS = 15
 BATCH = 128
 SEED = 0
 WINDOW = 50                     # steps per images/s window
+# Minutes per job on one core of this machine (measured), to run the longest jobs first.
+MINUTES = {("igc_jax", "L24M2,D8"): 61, ("pytorch", "L24M2,D8"): 70, ("igc_jax", "W16,D8"): 31,
+           ("pytorch", "W16,D8"): 16, ("igc_jax", "W18,D8"): 37, ("pytorch", "W18,D8"): 29}
 # The recipe, stated once for the PyTorch side (igc-jax reads the same from its config file).
 MEAN = (125.307, 122.950, 113.865)
 STD = (62.993, 62.089, 66.705)
@@ -205,23 +212,53 @@ def job_command(side: str, net: str, init: str, data_dir: Path, out: Path,
             f"--data_dir={data_dir}", f"--out={out}", f"--epochs={epochs}"]
 
 
+def git_commit() -> str:
+    """The checkout's commit (with '+dirty' for uncommitted changes), recorded with each result."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("+dirty" if git(
+        "status", "--porcelain", "--untracked-files=no") else "")
+
+
 def result(side: str, out: Path, epochs: int) -> dict | None:
+    """The job's result from its run directory, saved as result.json once complete."""
     saved = out / "result.json"
     if saved.exists():
         return json.loads(saved.read_text())
     found = (jax_result if side == "igc_jax" else torch_result)(out, epochs)
     if found is not None:
+        found["commit"] = (out / "commit").read_text().strip() if (out / "commit").exists() \
+            else "unknown"
         saved.write_text(json.dumps(found, indent=1))
     return found
 
 
+def committed_results(epochs: int, path: Path = RESULTS / "cifar_reference.json") -> dict:
+    """(side, net, init) -> result from this script's committed output, for the same recipe."""
+    if not path.exists():
+        return {}
+    summary = json.loads(path.read_text())
+    if (summary["epochs"], summary["batch"], summary["seed"]) != (epochs, BATCH, SEED):
+        return {}
+    return {(side, r["net"], r["init"]): dict(r[side], source=path.name)
+            for r in summary["rows"] for side in SIDES if r.get(side)}
+
+
+def job_result(job: tuple[str, str, str], root: Path, epochs: int, known: dict) -> dict | None:
+    """A run directory's result first, else the committed one."""
+    return result(job[0], job_dir(root, *job), epochs) or known.get(job)
+
+
 def run_jobs(jobs: list[tuple[str, str, str]], data_dir: Path, root: Path, epochs: int,
-             parallel: int) -> None:
-    """Run the jobs without a result, `parallel` at a time, each pinned to its own cores."""
+             parallel: int, known: dict) -> None:
+    """Run the jobs without a result, longest first, `parallel` at a time, each pinned to its
+    own cores."""
     cpus = sorted(os.sched_getaffinity(0))
     per_job = max(len(cpus) // parallel, 1)
     slots = [cpus[i * per_job:(i + 1) * per_job] or cpus for i in range(parallel)]
-    pending = [j for j in jobs if result(j[0], job_dir(root, *j), epochs) is None]
+    pending = sorted((j for j in jobs if job_result(j, root, epochs, known) is None),
+                     key=lambda j: -MINUTES[j[0], j[1]])
+    commit = git_commit()
     running: dict[int, tuple[subprocess.Popen, tuple, object]] = {}
     print(f"{len(pending)} of {len(jobs)} jobs to run, {parallel} at a time on cores {slots}",
           flush=True)
@@ -231,6 +268,8 @@ def run_jobs(jobs: list[tuple[str, str, str]], data_dir: Path, root: Path, epoch
                 job = pending.pop(0)
                 out = job_dir(root, *job)
                 out.mkdir(parents=True, exist_ok=True)
+                if not (out / "commit").exists():
+                    (out / "commit").write_text(commit + "\n")
                 cmd = job_command(*job, data_dir, out, epochs)
                 print(f"[core {slots[slot]}] start {out.name}: {' '.join(cmd)}", flush=True)
                 log = (out / "job.log").open("a")
@@ -250,7 +289,7 @@ def run_jobs(jobs: list[tuple[str, str, str]], data_dir: Path, root: Path, epoch
 
 # ----------------------------------------------------------------------------- the report
 
-def report(root: Path, epochs: int, out: Path = RESULTS) -> dict:
+def report(root: Path, epochs: int, known: dict, out: Path = RESULTS) -> dict:
     """Write cifar_reference.{json,md,png} from whatever results exist; returns the json."""
     from igc_jax.configs.networks import cifar_model, network_name
     from igc_jax.models import build_model
@@ -265,7 +304,7 @@ def report(root: Path, epochs: int, out: Path = RESULTS) -> dict:
         params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(variables["params"]))
         row = dict(network=network_name(cfg), net=net, init=init, params=params)
         for side in SIDES:
-            row[side] = result(side, job_dir(root, side, net, init), epochs)
+            row[side] = job_result((side, net, init), root, epochs, known)
         rows.append(row)
     summary = dict(epochs=epochs, batch=BATCH, seed=SEED, rows=rows, ordering=ordering(rows))
     out.mkdir(parents=True, exist_ok=True)
@@ -344,6 +383,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=EPOCHS)
     p.add_argument("--parallel", type=int, default=min(len(os.sched_getaffinity(0)), 2))
     p.add_argument("--report_only", action="store_true", help="write the results, run nothing")
+    p.add_argument("--rerun", action="store_true",
+                   help="ignore the results in benchmarks/results/cifar_reference.json")
     p.add_argument("--torch_job", nargs=2, metavar=("NET", "INIT"), help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -355,9 +396,11 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         raise SystemExit(2)
     jobs = [(side, net, init) for net, init in RUNS for side in SIDES]
+    known = {} if args.rerun else committed_results(args.epochs)
     if not args.report_only:
-        run_jobs(jobs, args.data_dir.resolve(), args.root.resolve(), args.epochs, args.parallel)
-    summary = report(args.root.resolve(), args.epochs)
+        run_jobs(jobs, args.data_dir.resolve(), args.root.resolve(), args.epochs, args.parallel,
+                 known)
+    summary = report(args.root.resolve(), args.epochs, known)
     print(markdown(summary))
 
 
