@@ -329,6 +329,12 @@ def ordering(rows: list[dict]) -> dict:
     return found
 
 
+def provenance(res: dict) -> str:
+    """The commit a result was measured at; results from before commits were recorded say so."""
+    commit = res.get("commit", "not recorded (a run from before this script recorded commits)")
+    return commit + (f", reused from {res['source']}" if res.get("source") else "")
+
+
 def markdown(summary: dict) -> str:
     lines = [f"CIFAR-10 (real), plain D=8, {summary['epochs']} epochs, batch {summary['batch']}, "
              "the spec §4 recipe (mean-colour padding); igc-jax through its command line beside "
@@ -349,6 +355,11 @@ def markdown(summary: dict) -> str:
             if r[side]:
                 curve = " ".join(f"{100 * a:.1f}" for a in r[side]["test_top1"])
                 lines.append(f"- {r['network']} ({r['init']}), {side}: {curve}")
+    lines += ["", "Where each result comes from (the commit its run started at):", ""]
+    for r in summary["rows"]:
+        for side in SIDES:
+            if r[side]:
+                lines.append(f"- {r['network']} ({r['init']}), {side}: {provenance(r[side])}")
     lines += ["", "The paper's ordering, final top-1 (the RegConv nets under he_normal):", ""]
     lines += [f"- {k}: {'not measured' if v is None else 'yes' if v else 'no'}"
               for k, v in summary["ordering"].items()]

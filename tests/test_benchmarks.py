@@ -99,3 +99,29 @@ def test_torch_peer_initialisation_standard_deviations(init):
             fan_in = p.shape[1] * p.shape[2] * p.shape[3]
             want = math.sqrt(2 / fan_in) if init == "he_normal" else math.sqrt(1 / (3 * fan_in))
             assert abs(float(p.std()) / want - 1) < 5 / math.sqrt(2 * p.numel()) + 0.01, name
+
+
+def test_cifar_reference_reuses_only_results_of_the_same_recipe(tmp_path):
+    """A job is skipped when its run directory or the committed results hold it; the run
+    directory wins, and results of another epoch count are not reused."""
+    import json
+
+    from benchmarks import cifar_reference as ref
+
+    done = dict(test_top1=[0.5, 0.6], final=0.6, images_per_sec=100.0)
+    summary = dict(epochs=2, batch=ref.BATCH, seed=ref.SEED, rows=[
+        dict(net="W16,D8", init="he_normal", igc_jax=done, pytorch=None)])
+    path = tmp_path / "cifar_reference.json"
+    path.write_text(json.dumps(summary))
+    job = ("igc_jax", "W16,D8", "he_normal")
+    assert ref.committed_results(15, path) == {}
+    known = ref.committed_results(2, path)
+    assert known == {job: dict(done, source="cifar_reference.json")}
+    root = tmp_path / "runs"
+    assert ref.job_result(job, root, 2, known)["source"] == "cifar_reference.json"
+    assert ref.job_result(("pytorch", "W16,D8", "he_normal"), root, 2, known) is None
+    mine = dict(done, final=0.61, commit="abc1234")
+    ref.job_dir(root, *job).mkdir(parents=True)
+    (ref.job_dir(root, *job) / "result.json").write_text(json.dumps(mine))
+    assert ref.job_result(job, root, 2, known) == mine
+    assert "abc1234" in ref.provenance(mine) and "reused" in ref.provenance(known[job])
