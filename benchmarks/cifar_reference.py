@@ -349,7 +349,10 @@ def markdown(summary: dict) -> str:
         ips = (lambda x: f"{x['images_per_sec']:.0f}" if x else "–")
         lines.append(f"| {r['network']} | {r['init']} | {r['params']:,} | {fmt(j, 'final')} | "
                      f"{fmt(t, 'final')} | {diff} | {ips(j)} | {ips(t)} |")
-    lines += ["", "Test top-1 after each epoch:", ""]
+    lines += ["", "images/s compare only between jobs that ran side by side, in the same "
+              "session (see where each result comes from): this machine's speed differs between "
+              "sessions.", "",
+              "Test top-1 after each epoch:", ""]
     for r in summary["rows"]:
         for side in SIDES:
             if r[side]:
