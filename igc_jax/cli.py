@@ -6,6 +6,7 @@ A bad flag, config override or config file is one line and exit 2 (`igc_jax.erro
 from __future__ import annotations
 
 import functools
+import textwrap
 from typing import Callable, TypeVar
 
 from igc_jax.errors import UserError, fail
@@ -52,12 +53,56 @@ def _check_overrides(argv: list[str], name: str, spec: str) -> None:
             node = node[part]
 
 
+HELP_FLAGS = ("-h", "-?", "--help", "-help", "--helpshort", "--helpfull")
+
+
+def config_help(argv: list[str], name: str = "config") -> str:
+    """How `--config` works and every field with its value: those of the file `--config` names,
+    else base_config's defaults (a tool's help must say how to set what it runs)."""
+    from igc_jax.configs import base_config, load_config
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")), None)
+    config = load_config(spec) if spec else base_config()
+    intro = [f"--{name}=<file>[:arg]: an experiment file and the argument its get_config takes, "
+             "e.g. experiments/cifar10_igc.py:L24M2,D20.",
+             f"--{name}.<field>=<value>: overrides one field, e.g. --{name}.batch_size=128 "
+             f"--{name}.model.M=4 (an unknown field or a bad value: one line, exit 2).",
+             (f"The fields, as {spec} sets them:" if spec else
+              f"The fields and their defaults (base_config; `--{name}=<file> --help` shows that "
+              "file's values, model.* come from the experiment file; what each field means: "
+              "the docstring of igc_jax/configs/__init__.py):")]
+    fields = [f"  {key} = {value!r}" for key, value in _flat(config.to_dict())]
+    return "\n".join(["", *(textwrap.fill(p, 100) for p in intro), *fields])
+
+
+def _flat(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """(dotted key, value) of a nested dict, in order: the override syntax's names."""
+    out: list[tuple[str, object]] = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out += _flat(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def print_help(argv: list[str]) -> None:
+    """absl's usage (its --help exits 1, the status of a bug here), then how --config works when
+    the tool has one; the caller exits 0."""
+    from absl import app, flags
+    app.usage(shorthelp="--helpfull" not in argv, writeto_stdout=True)
+    if "config" in flags.FLAGS:
+        print(config_help(argv))
+
+
 def parse_absl_flags(argv: list[str]) -> list[str]:
     """absl flag parsing for an `app.run` tool: a bad flag, override or config file, or a
-    UserError raised by a config file's get_config, is one line and exit 2."""
+    UserError raised by a config file's get_config, is one line and exit 2; --help exits 0."""
     from absl import flags
 
     try:
+        if any(a in HELP_FLAGS for a in argv[1:]):
+            print_help(argv)
+            raise SystemExit(0)
         check_config_flag(argv)
         return flags.FLAGS(argv)
     except UserError as e:
