@@ -19,7 +19,10 @@ the config schema and recipes; `main`, `evaluate`, `summary`, `sweep`, `report` 
 """
 from __future__ import annotations
 
+import glob
 import importlib
+import logging
+import os
 
 _EXPORTS = {
     "IGCConv": "igc_jax.igc.layers",
@@ -35,6 +38,26 @@ _EXPORTS = {
     "Pretrained": "igc_jax.mxnet.pretrained",
 }
 __all__ = sorted(_EXPORTS)
+# JAX probes every backend it knows and logs, at INFO, why the TPU one failed (no libtpu, no chip):
+# on a CPU-only machine the first line a user would see, about hardware never asked for.
+_ABSENT_TPU = "Unable to initialize backend 'tpu'"
+
+
+def tpu_expected() -> bool:
+    """Whether a TPU failure means something here: JAX_PLATFORMS asks for one, or the machine has
+    TPU device files (/dev/accel*, /dev/vfio/<group>)."""
+    asked = "tpu" in os.environ.get("JAX_PLATFORMS", "").lower()
+    return asked or bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+class _AbsentTpuFilter(logging.Filter):
+    """Drops only JAX's failed-TPU-probe line, and only where no TPU is expected."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (str(record.msg).startswith(_ABSENT_TPU) and not tpu_expected())
+
+
+logging.getLogger("jax._src.xla_bridge").addFilter(_AbsentTpuFilter())
 
 
 def __getattr__(name: str):
