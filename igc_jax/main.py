@@ -52,7 +52,7 @@ def main(argv) -> None:
         initialize_distributed()
         status = train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
                                           allow_config_change=FLAGS.allow_config_change)
-    except train.Preempted as e:
+    except (train.Preempted, train.AlreadyFinished) as e:
         print(str(e))
         sys.exit(0)
     except train.Diverged as e:

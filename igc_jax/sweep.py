@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import re
 import shlex
 import subprocess
@@ -126,13 +125,10 @@ def point_command(config_path: str, name: str, root: str, overrides: Sequence[st
 
 def read_status(workdir: str) -> dict | None:
     """The run's status.json, or None when absent or unreadable (a run killed mid-write)."""
-    from etils import epath  # Imported here: only needed when a sweep actually runs.
+    # Imported here: only needed when a sweep actually runs.
+    from igc_jax.training.metrics_log import read_status as read
 
-    path = epath.Path(workdir) / "status.json"
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, OSError):
-        return None
+    return read(workdir)
 
 
 def is_finished(workdir: str) -> bool:

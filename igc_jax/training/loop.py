@@ -24,7 +24,7 @@ from igc_jax.igc import select
 from igc_jax.igc.layers import planned_modes
 from igc_jax.training import checkpoint as ckpt_lib
 from igc_jax.training import sharding, steps
-from igc_jax.training.metrics_log import MetricsLog
+from igc_jax.training.metrics_log import MetricsLog, read_status
 from igc_jax.training.validate import preflight, validate
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,10 @@ _MUTABLE_KEYS = ("dataset.data_dir", "dataset.num_workers")
 
 class Preempted(Exception):
     """SIGTERM arrived; a checkpoint was written at the step boundary."""
+
+
+class AlreadyFinished(Exception):
+    """The workdir's run finished all its steps before: nothing was opened, read or written."""
 
 
 class Diverged(RuntimeError):
@@ -82,6 +86,20 @@ def check_resumable(workdir: epath.Path, config: ml_collections.ConfigDict,
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in diff)
         raise ConfigMismatch(f"workdir {workdir} holds a run with another config ({shown}); "
                              f"use a new workdir or pass --allow_config_change")
+
+
+def finished_already(workdir: epath.Path, num_steps: int) -> str | None:
+    """The one line for a run that already finished its `num_steps` (status.json says so and its
+    final checkpoint is there), else None. Decided from two small files, before any writer,
+    checkpoint manager or compile, so that a rerun changes nothing in the workdir."""
+    status = read_status(workdir)
+    if not status or status.get("status") != "finished" or (status.get("step") or 0) < num_steps:
+        return None
+    if not (workdir / "checkpoints" / str(status["step"])).exists():
+        return None
+    best = status.get("best_top1")
+    best_text = f" (best {100 * best:.2f}%)" if best is not None else ""
+    return f"already finished at step {status['step']}{best_text}; nothing to do"
 
 
 def write_json(path: epath.Path, obj: dict) -> None:
@@ -203,7 +221,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     """Train and evaluate `config` in `workdir`, resuming from its latest good checkpoint.
 
     Returns the final status dict (also written to `<workdir>/status.json`). Raises Preempted after
-    saving a checkpoint on SIGTERM, Diverged on a non-finite loss (nothing non-finite is saved).
+    saving a checkpoint on SIGTERM, Diverged on a non-finite loss (nothing non-finite is saved),
+    AlreadyFinished (touching nothing) when the workdir's run finished its steps before.
     """
     # Every check first (igc_jax.training.validate): nothing is written to the workdir, nothing
     # built or compiled, until the run is known to start.
@@ -214,6 +233,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     eval_every = plan.eval_every
     wd = epath.Path(workdir)  # local or gs://
     check_resumable(wd, config, allow_config_change)
+    done = finished_already(wd, num_steps)
+    if done:
+        raise AlreadyFinished(done)
 
     wd.mkdir(parents=True, exist_ok=True)
 

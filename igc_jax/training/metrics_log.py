@@ -141,3 +141,12 @@ def read_metrics(path: epath.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def read_status(workdir: epath.PathLike) -> dict | None:
+    """A run's status.json, or None when absent or unreadable (a run killed mid-write)."""
+    path = epath.Path(workdir) / "status.json"
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, OSError):
+        return None
