@@ -24,45 +24,25 @@ if __name__ == "__main__" and "xla_force_host_platform_device_count" not in os.e
 import argparse
 import datetime
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from igc_jax import configs
 from igc_jax.igc.select import ModeContext
 from igc_jax.training import sharding, steps
+from igc_jax.training.aot import collectives
 
 RESULTS = Path(__file__).resolve().parent / "results"
-COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
-_ITEMSIZE = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "s64": 8, "pred": 1,
-             "s8": 1, "u8": 1}
-_COLLECTIVE = re.compile(r"= (\([^=]*?\)|[a-z0-9]+\[[0-9,]*\](?:\{[^}]*\})?) "
-                         r"(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
-_ARRAY = re.compile(r"([a-z0-9]+)\[([0-9,]*)\]")
-
 # name -> (config file, overrides of model fields, image size): the three networks of issue 15.
 NETWORKS: dict[str, tuple[str, dict[str, Any], int]] = {
     "IGC-L24M2 D=8": ("experiments/cifar10_igc.py:L24M2,D8", {}, 32),
     "IGC-L24M2+Ident. D=8": ("experiments/cifar10_igc.py:L24M2,D8,ident", {}, 32),
     "IGC-L16M16+Ident. (ImageNet, 64²)": ("experiments/imagenet_l16m16.py", {}, 64),
 }
-
-
-def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
-    """{op: {"count", "bytes"}} of every collective in a compiled module's HLO text (bytes: the
-    result's, i.e. what one device sends into or receives from the collective)."""
-    out = {op: {"count": 0, "bytes": 0} for op in COLLECTIVES}
-    for shape, op in _COLLECTIVE.findall(hlo_text):
-        n = sum(_ITEMSIZE.get(dt, 4) * int(np.prod([int(d) for d in dims.split(",") if d]))
-                for dt, dims in _ARRAY.findall(shape))
-        out[op]["count"] += 1
-        out[op]["bytes"] += n
-    return out
 
 
 def network_config(name: str, mode: str, batch: int) -> ml_collections.ConfigDict:

@@ -85,20 +85,31 @@ def make_model(config: ml_collections.ConfigDict, context: ModeContext | None = 
 
 # ---------------------------------------------------------------- state and steps
 
-def init_state(model: nn.Module, tx, input_shape: tuple[int, ...], seed: int, mesh):
-    """The state initialised directly in its (replicated) sharding: eval_shape, then a jitted
-    init."""
-
+def _init_fn(model: nn.Module, tx, input_shape: tuple[int, ...]):
     def init_fn(rng):
         variables = model.init(rng, jnp.zeros((1, *input_shape), jnp.float32), train=False)
         params = variables["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+    return init_fn
 
-    rng = jax.random.PRNGKey(seed)
-    abstract = jax.eval_shape(init_fn, rng)
-    shardings = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
-    state = jax.jit(init_fn, out_shardings=shardings)(rng)
+
+def abstract_state(model: nn.Module, tx, input_shape: tuple[int, ...], mesh):
+    """(the state's ShapeDtypeStructs in their replicated sharding, those shardings): the state
+    without a single array made, for compiling on devices that cannot run (`training.aot`)."""
+    shapes = jax.eval_shape(_init_fn(model, tx, input_shape), jax.random.PRNGKey(0))
+    shardings = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                         shapes, shardings)
+    return state, shardings
+
+
+def init_state(model: nn.Module, tx, input_shape: tuple[int, ...], seed: int, mesh):
+    """The state initialised directly in its (replicated) sharding: eval_shape, then a jitted
+    init."""
+    _, shardings = abstract_state(model, tx, input_shape, mesh)
+    state = jax.jit(_init_fn(model, tx, input_shape), out_shardings=shardings)(
+        jax.random.PRNGKey(seed))
     return state, shardings
 
 

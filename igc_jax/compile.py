@@ -1,0 +1,164 @@
+"""Compile a config's train and eval steps for a Cloud TPU slice, on any machine, with no TPU.
+
+    python -m igc_jax.compile --config=experiments/imagenet_l16m16.py --topology=v5litepod-8
+    python -m igc_jax.compile --config=experiments/cifar10_igc.py:L24M2,D20 --topology=v4-8 \\
+        --config.batch_size=1024 --max_batch --json=compile.json
+
+Needs libtpu (`pip install -e ".[tpu]"`). The real TPU compiler compiles the trainer's own steps
+(igc_jax.training.aot) and says, per chip: HBM for arguments, outputs and temporaries against the
+chip's capacity, whether the step fits and by how much, its FLOPs and collectives, and the
+compile time; `--max_batch` also finds the largest global batch that fits by bisection over
+compiles. Config overrides work as in `igc_jax.main`. Exit status: 0 compiled (whether or not it
+fits: the report says), 2 bad input (an unknown slice, a batch that does not divide over the
+chips, a missing libtpu), 1 a bug.
+"""
+from __future__ import annotations
+
+import os
+
+# Compile-only TPU devices come from libtpu's topology, not from a TPU backend: keep JAX on the
+# CPU (a TPU VM's chips may be busy training).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from igc_jax.cli import parse_absl_flags  # noqa: E402
+from igc_jax.errors import UserError, fail  # noqa: E402
+
+config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py[:arg]).",
+                                lock_config=True)
+flags.DEFINE_string("topology", None, "Cloud TPU accelerator type, as for gcloud: v4-8, v4-32, "
+                    "v5litepod-8 (or v5e-8), v5p-8, v6e-8, v5litepod-256, ...")
+flags.DEFINE_bool("max_batch", False, "Also find the largest global batch that fits, by "
+                  "bisection over compiles.")
+flags.DEFINE_integer("max_batch_compiles", 8, "At most this many compiles for --max_batch.")
+flags.DEFINE_string("json", None, "Write the whole report as one JSON object to this file "
+                    "('-': standard output).")
+flags.mark_flags_as_required(["config", "topology"])
+FLAGS = flags.FLAGS
+
+GB = 1e9
+
+
+def step_dict(report) -> dict[str, Any]:
+    return {"memory_bytes": report.memory, "flops": report.flops,
+            "bytes_accessed": report.bytes_accessed, "collectives": report.collectives,
+            "compile_s": round(report.compile_s, 1), "out_of_memory": report.oom or None}
+
+
+def compile_config(config, topology: str, *, max_batch: bool = False,
+                   max_batch_compiles: int = 8, progress=print) -> dict[str, Any]:
+    """The report (a JSON-able dict) of `config`'s steps compiled for the slice `topology`."""
+    from igc_jax.configs.networks import network_name
+    from igc_jax.igc.select import ModeContext
+    from igc_jax.training import aot
+    slc = aot.plan(config, topology)
+    devices = aot.tpu_devices(slc)
+    progress(f"compiling {network_name(config.model)} for {slc.describe()}: "
+             f"{devices[0].device_kind}, topology {slc.topology_name}")
+    program = aot.build_program(config, devices, ModeContext("tpu"))
+    train = program.train_report(config.batch_size)
+    progress(f"  train step compiled in {train.compile_s:.0f} s")
+    evaluate = program.eval_report(config.eval_batch_size)
+    progress(f"  eval step compiled in {evaluate.compile_s:.0f} s")
+    need = max(train.total, evaluate.total)
+    out = {"network": network_name(config.model),
+           "topology": topology, "jax_topology": slc.topology_name,
+           "device_kind": devices[0].device_kind, "chips": slc.chips, "hosts": slc.hosts,
+           "hbm_per_chip_bytes": slc.hbm_bytes, "batch_size": config.batch_size,
+           "eval_batch_size": config.eval_batch_size, "dtype": config.dtype,
+           "num_params": program.num_params, "conv_mode": config.conv_mode,
+           "conv_modes": mode_counts(program.conv_modes),
+           "train": step_dict(train), "eval": step_dict(evaluate),
+           "need_per_chip_bytes": need, "fits": need <= slc.hbm_bytes and not
+           (train.oom or evaluate.oom), "margin_bytes": slc.hbm_bytes - need}
+    if max_batch:
+        search = aot.largest_batch(program.train_report, slc.chips, slc.hbm_bytes,
+                                   start=config.batch_size // slc.chips,
+                                   max_compiles=max_batch_compiles)
+        out["max_batch"] = {"largest_fitting": search.largest,
+                            "smallest_not_fitting": search.smallest_not_fitting,
+                            "compiles": search.compiles,
+                            "total_bytes_by_batch": {str(k): v for k, v in
+                                                     search.per_batch_bytes.items()}}
+    return out
+
+
+def mode_counts(conv_modes: dict[str, tuple[str, str]]) -> dict[str, int]:
+    """{mode: number of IGC layers} of the plan `auto` (or the config) made."""
+    counts: dict[str, int] = {}
+    for _, mode in conv_modes.values():
+        counts[mode] = counts.get(mode, 0) + 1
+    return counts
+
+
+def _collective_line(c: dict[str, dict[str, int]]) -> str:
+    return ", ".join(f"{op} {v['count']} ({v['bytes'] / 1e6:.2f} MB)" for op, v in c.items())
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The report as the lines a user reads."""
+    cap = r["hbm_per_chip_bytes"]
+    lines = [f"{r['network']} on {r['topology']} ({r['device_kind']}, {r['chips']} chips, "
+             f"{r['hosts']} host(s)): global batch {r['batch_size']} "
+             f"({r['batch_size'] // r['chips']} per chip), eval {r['eval_batch_size']}, "
+             f"{r['dtype']}, IGC modes {r['conv_modes'] or 'none (no IGC layer)'}"]
+    for name in ("train", "eval"):
+        s = r[name]
+        m = s["memory_bytes"]
+        if s["out_of_memory"]:
+            lines.append(f"{name} step: the compiler ran out of HBM: {s['out_of_memory']}")
+            continue
+        lines.append(f"{name} step: {m['total'] / GB:.2f} GB per chip (arguments "
+                     f"{m['arguments'] / GB:.2f}, outputs {m['outputs'] / GB:.2f}, aliased "
+                     f"{m['aliased'] / GB:.2f}, temporaries {m['temporaries'] / GB:.2f}, code "
+                     f"{m['code'] / GB:.2f}); {s['flops'] / 1e12:.3f} TFLOP per chip; compiled in "
+                     f"{s['compile_s']:.0f} s")
+        lines.append(f"  collectives: {_collective_line(s['collectives'])}")
+    verdict = "fits" if r["fits"] else "does not fit"
+    lines.append(f"{verdict}: needs {r['need_per_chip_bytes'] / GB:.2f} GB of {cap / GB:.2f} GB "
+                 f"HBM per chip ({abs(r['margin_bytes']) / GB:.2f} GB "
+                 f"{'free' if r['margin_bytes'] >= 0 else 'over'})")
+    if "max_batch" in r:
+        b = r["max_batch"]
+        upper = (f"; {b['smallest_not_fitting']} does not" if b["smallest_not_fitting"]
+                 else "")
+        largest = b["largest_fitting"] or f"none down to {r['chips']} (1 per chip)"
+        lines.append(f"largest global batch that fits: {largest}{upper} ({b['compiles']} "
+                     "compiles)")
+    return "\n".join(lines)
+
+
+def main(argv) -> None:
+    del argv
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    config = FLAGS.config
+    try:
+        report = compile_config(config, FLAGS.topology, max_batch=FLAGS.max_batch,
+                                max_batch_compiles=FLAGS.max_batch_compiles,
+                                progress=lambda s: print(s, file=sys.stderr, flush=True))
+    except UserError as e:  # anything else is a bug: its traceback, exit 1
+        fail(str(e))
+    report = {"config": config_flags.get_config_filename(FLAGS["config"]), **report}
+    print(format_report(report))
+    if FLAGS.json:
+        text = json.dumps(report, indent=1, sort_keys=True)
+        if FLAGS.json == "-":
+            print(text)
+        else:
+            with open(FLAGS.json, "w") as f:
+                f.write(text + "\n")
+
+
+def run() -> None:
+    app.run(main, flags_parser=parse_absl_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,296 @@
+"""A config's real train and eval steps compiled ahead of time for devices that need not be here.
+
+With libtpu installed (the `tpu` extra), `jax.experimental.topologies` gives compile-only devices
+of any TPU slice on a machine with no TPU. The steps are the trainer's own
+(`igc_jax.training.steps.compile_steps`, under `shard_map`), the state is abstract
+(`steps.abstract_state`: nothing is made or run), and the real TPU compiler reports per-chip
+memory (`memory_analysis`), FLOPs (`cost_analysis`) and the program (`as_text`, whose collectives
+are counted here). `largest_batch` bisects over compiles for the largest global batch that fits.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import math
+import os
+import re
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from igc_jax.errors import UserError
+from igc_jax.igc import select
+from igc_jax.igc.layers import planned_modes
+from igc_jax.training import sharding, steps
+from igc_jax.training.slices import Slice, parse_slice
+
+COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
+# Collectives that would move activations: the per-device steps must have none.
+ACTIVATION_COLLECTIVES = ("all-gather", "all-to-all", "collective-permute", "reduce-scatter")
+_ITEMSIZE = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "s64": 8, "pred": 1,
+             "s8": 1, "u8": 1}
+_COLLECTIVE = re.compile(r"= (\([^=]*?\)|[a-z0-9]+\[[0-9,]*\](?:\{[^}]*\})?) "
+                         r"(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+_ARRAY = re.compile(r"([a-z0-9]+)\[([0-9,]*)\]")
+# XLA:TPU's out-of-memory compile error, e.g. "Used 20.51G of 15.75G hbm."
+_OOM = re.compile(r"Used ([0-9.]+)([KMGT]) of ([0-9.]+)([KMGT]) hbm")
+_UNIT = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+# The learning-rate schedule is a scalar function baked into the step; its boundaries do not
+# change the program's memory or collectives, so the compile uses a nominal epoch.
+_NOMINAL_STEPS_PER_EPOCH = 1000
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+    """{op: {"count", "bytes"}} of every collective in a compiled module's HLO text (bytes: the
+    result's, i.e. what one device sends into or receives from the collective)."""
+    out = {op: {"count": 0, "bytes": 0} for op in COLLECTIVES}
+    for shape, op in _COLLECTIVE.findall(hlo_text):
+        n = sum(_ITEMSIZE.get(dt, 4) * int(np.prod([int(d) for d in dims.split(",") if d]))
+                for dt, dims in _ARRAY.findall(shape))
+        out[op]["count"] += 1
+        out[op]["bytes"] += n
+    return out
+
+
+def check_libtpu() -> None:
+    """UserError unless libtpu is installed and is the version this JAX pins (jax[tpu])."""
+    try:
+        have = importlib.metadata.version("libtpu")
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError("compiling for TPU needs libtpu: pip install -e \".[tpu]\" (it installs "
+                        f"jax[tpu], the libtpu of jax {jax.__version__})") from None
+    for requirement in importlib.metadata.requires("jax") or []:
+        m = re.match(r"libtpu\s*==\s*([0-9.]+)(\.\*)?\s*;.*extra\s*==\s*.tpu.", requirement)
+        if m and not (have == m.group(1) or (m.group(2) and have.startswith(m.group(1) + "."))):
+            raise UserError(f"libtpu {have} does not match jax {jax.__version__}, which pins "
+                            f"libtpu=={m.group(1)}{m.group(2) or ''}: pip install -e \".[tpu]\"")
+
+
+def tpu_devices(slc: Slice) -> list:
+    """The compile-only devices of a TPU slice (nothing can run on them)."""
+    from jax.experimental import topologies
+    # libtpu reads these when it loads; unset on a machine with no TPU, it looks them up in the
+    # GCE metadata and prints a page of warnings. They describe this compile-only host.
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", slc.name)
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    topology = topologies.get_topology_desc(
+        topology_name=slc.topology_name, platform="tpu",
+        chip_config_name=slc.generation.chip_config, chips_per_host_bounds=slc.chips_per_host,
+        num_slices=1)
+    return list(topology.devices)
+
+
+def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """The image shape the network sees: the config's size, RGB (scikit-learn's digits: grey)."""
+    size = config.dataset.image_size
+    return (size, size, 1 if config.dataset.name == "digits" else 3)
+
+
+def check_batch(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Both global batches split evenly over the slice's chips."""
+    for key in ("batch_size", "eval_batch_size"):
+        if config[key] % num_devices:
+            raise UserError(f"{key}={config[key]} is not divisible by the slice's {num_devices} "
+                            f"chips; pass --config.{key}=<a multiple of {num_devices}>")
+
+
+def check_mode(conv_mode: str) -> None:
+    """Mode `native` is C++ for the CPU: a TPU program cannot contain it."""
+    if conv_mode == "native":
+        raise UserError("conv_mode='native' is the CPU's C++ kernels and cannot compile for TPU; "
+                        "use conv_mode='auto' or an XLA mode (grouped, composed, split, ...)")
+
+
+def plan(config: ml_collections.ConfigDict, topology: str) -> Slice:
+    """Every check before anything compiles: the config, the slice, the batch split, the mode,
+    libtpu; the slice."""
+    from igc_jax.training.validate import validate
+    validate(config)
+    slc = parse_slice(topology)
+    check_batch(config, slc.chips)
+    check_mode(config.conv_mode)
+    check_libtpu()
+    return slc
+
+
+@dataclasses.dataclass(frozen=True)
+class StepReport:
+    """What the compiler says of one step on one chip."""
+    memory: dict[str, int]          # arguments, outputs, aliased, temporaries, code, total
+    flops: float
+    bytes_accessed: float
+    collectives: dict[str, dict[str, int]]
+    compile_s: float
+    oom: str = ""                   # the compiler's out-of-memory message, if it refused
+
+    @property
+    def total(self) -> int:
+        return self.memory["total"]
+
+
+def _memory(compiled) -> dict[str, int]:
+    m = compiled.memory_analysis()
+    out = {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
+           "aliased": m.alias_size_in_bytes, "temporaries": m.temp_size_in_bytes,
+           "code": m.generated_code_size_in_bytes}
+    out["total"] = (out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]
+                    + out["code"])
+    return {k: int(v) for k, v in out.items()}
+
+
+def _cost(compiled) -> dict[str, float]:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0]
+    return {"flops": float(analysis.get("flops", 0.0)),
+            "bytes_accessed": float(analysis.get("bytes accessed", 0.0))}
+
+
+def oom_report(message: str, compile_s: float) -> StepReport:
+    """A step the compiler refused for lack of HBM: the bytes it says it needed."""
+    m = _OOM.search(message)
+    used = int(float(m.group(1)) * _UNIT[m.group(2)]) if m else 0
+    line = next((ln.strip() for ln in message.splitlines() if "memory" in ln.lower()), message)
+    return StepReport(memory={"total": used}, flops=0.0, bytes_accessed=0.0,
+                      collectives={}, compile_s=compile_s, oom=line[:300])
+
+
+def _is_oom(error: Exception) -> bool:
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text
+
+
+def compile_report(traced) -> StepReport:
+    """Lower and compile a traced step; its memory, cost and collectives (or its OOM)."""
+    t = time.perf_counter()
+    try:
+        compiled = traced.lower().compile()
+    except Exception as e:  # XLA's runtime error type differs across jaxlib versions
+        if not _is_oom(e):
+            raise
+        return oom_report(str(e), time.perf_counter() - t)
+    seconds = time.perf_counter() - t
+    cost = _cost(compiled)
+    return StepReport(memory=_memory(compiled), flops=cost["flops"],
+                      bytes_accessed=cost["bytes_accessed"],
+                      collectives=collectives(compiled.as_text()), compile_s=seconds)
+
+
+@dataclasses.dataclass
+class Program:
+    """The config's model, optimizer and jitted steps on a mesh, with its abstract state."""
+    config: ml_collections.ConfigDict
+    mesh: Any
+    state: Any
+    train: Callable
+    evaluate: Callable
+    conv_modes: dict[str, tuple[str, str]]
+
+    @property
+    def num_params(self) -> int:
+        return sum(math.prod(a.shape) for a in jax.tree.leaves(self.state.params))
+
+    def _batch(self, size: int, *, mask: bool) -> dict:
+        bs = sharding.batch_sharding(self.mesh)
+        shape = input_shape(self.config)
+        batch = {"image": jax.ShapeDtypeStruct((size, *shape), jnp.float32, sharding=bs),
+                 "label": jax.ShapeDtypeStruct((size,), jnp.int32, sharding=bs)}
+        if mask:
+            batch["mask"] = jax.ShapeDtypeStruct((size,), jnp.float32, sharding=bs)
+        return batch
+
+    def train_report(self, batch_size: int) -> StepReport:
+        return compile_report(self.train.trace(self.state, self._batch(batch_size, mask=False)))
+
+    def eval_report(self, batch_size: int) -> StepReport:
+        return compile_report(self.evaluate.trace(self.state, self._batch(batch_size, mask=True)))
+
+
+def build_program(config: ml_collections.ConfigDict, devices: list,
+                  context: select.ModeContext) -> Program:
+    """The trainer's steps for `config` on `devices`, with `auto` deciding in `context`."""
+    mesh = sharding.make_mesh(devices)
+    model = steps.make_model(config, context)
+    epochs = config.num_epochs if config.num_train_steps <= 0 else 1
+    schedule = steps.learning_rate_schedule(
+        config, _NOMINAL_STEPS_PER_EPOCH, max(int(math.ceil(epochs * _NOMINAL_STEPS_PER_EPOCH)),
+                                              config.num_train_steps))
+    tx = steps.make_optimizer(config, schedule)
+    state, shardings = steps.abstract_state(model, tx, input_shape(config), mesh)
+    train, evaluate, _ = steps.compile_steps(
+        model, tx, schedule, shardings, mesh,
+        average_batch_stats=config.batch_norm == "per_device")
+    return Program(config, mesh, state, train, evaluate,
+                   planned_modes(model, input_shape(config)))
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSearch:
+    """The largest global batch that fits, the compiles it took and the smallest that did not."""
+    largest: int | None
+    smallest_not_fitting: int | None
+    per_batch_bytes: dict[int, int]
+
+    @property
+    def compiles(self) -> int:
+        return len(self.per_batch_bytes)
+
+
+def _next_candidate(known: dict[int, int], lo: int | None, hi: int | None,
+                    capacity: int) -> int:
+    """The next per-device batch to compile: where a line through the measured totals reaches
+    `capacity` (a secant step), kept strictly inside the bracket (lo fits, hi does not)."""
+    points = sorted((b, t) for b, t in known.items() if t > 0)
+    if len(points) >= 2:
+        (b0, t0), (b1, t1) = points[-2:] if hi is None else _around(points, lo, hi)
+        slope = (t1 - t0) / (b1 - b0) if b1 != b0 else 0.0
+        guess = b1 + (capacity - t1) / slope if slope > 0 else 2 * b1
+    else:
+        b, t = points[0]
+        guess = b * capacity / t if t else 2 * b
+    guess = int(math.floor(guess))
+    low = (lo or 0) + 1
+    high = (hi - 1) if hi is not None else max(2 * (lo or 1), low)
+    if hi is None:
+        return max(guess, low)
+    return min(max(guess, low), high)
+
+
+def _around(points: list[tuple[int, int]], lo: int | None, hi: int) -> list[tuple[int, int]]:
+    """The two measured points nearest the bracket's ends (for the secant)."""
+    below = [p for p in points if lo is not None and p[0] <= lo]
+    above = [p for p in points if p[0] >= hi]
+    if below and above:
+        return [below[-1], above[0]]
+    return points[-2:]
+
+
+def largest_batch(measure: Callable[[int], StepReport], num_devices: int, capacity: int,
+                  start: int, max_compiles: int = 8) -> BatchSearch:
+    """Bisection over compiles (secant-guided) for the largest per-device batch whose step
+    fits `capacity` bytes per chip; reported as global batches. `start` is a per-device batch."""
+    known: dict[int, int] = {}
+    lo, hi = None, None
+    b = max(start, 1)
+    while len(known) < max_compiles:
+        report = measure(b * num_devices)
+        known[b] = report.total
+        if report.oom or report.total > capacity:
+            hi = b if hi is None else min(hi, b)
+        else:
+            lo = b if lo is None else max(lo, b)
+        if lo is not None and hi is not None and hi - lo <= 1:
+            break
+        if hi is not None and lo is None and b == 1:
+            break
+        b = _next_candidate(known, lo, hi, capacity) if lo is not None else max(b // 2, 1)
+        if b in known:
+            break
+    return BatchSearch(largest=lo * num_devices if lo else None,
+                       smallest_not_fitting=hi * num_devices if hi else None,
+                       per_batch_bytes={k * num_devices: v for k, v in sorted(known.items())})
