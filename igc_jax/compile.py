@@ -79,7 +79,16 @@ def compile_config(config, topology: str, *, max_batch: bool = False,
            "need_per_chip_bytes": need, "fits": need <= slc.hbm_bytes and not
            (train.oom or evaluate.oom), "margin_bytes": slc.hbm_bytes - need}
     if max_batch:
-        search = aot.largest_batch(program.train_report, slc.chips, slc.hbm_bytes,
+        reports = {config.batch_size: train}  # the first point of the search is compiled
+
+        def measure(batch: int):
+            if batch not in reports:
+                reports[batch] = program.train_report(batch)
+                progress(f"  train step at global batch {batch}: "
+                         f"{reports[batch].total / 1e9:.2f} GB per chip")
+            return reports[batch]
+
+        search = aot.largest_batch(measure, slc.chips, slc.hbm_bytes,
                                    start=config.batch_size // slc.chips,
                                    max_compiles=max_batch_compiles)
         out["max_batch"] = {"largest_fitting": search.largest,
