@@ -1,0 +1,161 @@
+"""Every experiment config compiled for real TPU slices on this CPU machine: does it fit?
+
+    pip install -e ".[tpu]"                  # libtpu, matching the installed jax
+    python -m benchmarks.tpu_compile         # the whole matrix; hours on 2 cores (resumable)
+    python -m benchmarks.tpu_compile --only=imagenet_l16m16 --no-max-batch
+
+For each config of `experiments/` (CIFAR, SVHN, the quick start: one slice; ImageNet: a
+single-host and a multi-host slice) at its own batch size and dtype, `igc_jax.compile` compiles
+the trainer's train and eval steps with the real TPU compiler (libtpu's compile-only devices) and
+records per-chip HBM against the chip's capacity, whether it fits, the collectives of one step and
+the compile seconds; for the ImageNet configs on v5litepod-8 and v4-8 it also searches for the
+largest global batch that fits. Each result is saved as soon as it is measured, and a rerun skips
+the (config, slice) pairs already in the results file (`--rerun` measures them again).
+Writes benchmarks/results/tpu_compile.{json,md}. Compile seconds depend on this machine's load.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SMALL = ("experiments/quickstart.py", "experiments/cifar10_igc.py", "experiments/cifar100_igc.py",
+         "experiments/svhn_igc.py")
+IMAGENET = ("experiments/imagenet_l16m16.py", "experiments/imagenet_l4m32.py",
+            "experiments/imagenet_l100m2.py", "experiments/imagenet_resnet18_c64.py",
+            "experiments/imagenet_resnet18_c69.py")
+SMALL_SLICE = "v5litepod-8"
+IMAGENET_SLICES = ("v5litepod-8", "v4-32")     # one host, four hosts
+MAX_BATCH_SLICES = ("v5litepod-8", "v4-8")     # the largest batch that fits, ImageNet configs
+
+
+def jobs(max_batch: bool) -> list[tuple[str, str, bool]]:
+    """(config, slice, search the largest batch) in the order they run: the plain fits first; a
+    search's report holds the fit at the config's batch too."""
+    out = [(c, SMALL_SLICE, False) for c in SMALL]
+    out += [(c, s, max_batch and s in MAX_BATCH_SLICES) for s in IMAGENET_SLICES
+            for c in IMAGENET if not (max_batch and s in MAX_BATCH_SLICES)]
+    out += [(c, s, max_batch and s in MAX_BATCH_SLICES) for s in IMAGENET_SLICES
+            for c in IMAGENET if max_batch and s in MAX_BATCH_SLICES]
+    if max_batch:
+        out += [(c, s, True) for s in MAX_BATCH_SLICES if s not in IMAGENET_SLICES
+                for c in IMAGENET]
+    return out
+
+
+def satisfied(job: tuple[str, str, bool], rows: list[dict[str, Any]]) -> bool:
+    """Whether a saved row answers the job (a search's row answers the plain fit too)."""
+    config, topology, max_batch = job
+    return any(r["config"] == config and r["topology"] == topology
+               and ("max_batch" in r or not max_batch) for r in rows)
+
+
+def run_job(config: str, topology: str, max_batch: bool, out: Path) -> dict[str, Any]:
+    """One `python -m igc_jax.compile` in its own process (a fresh compiler each time)."""
+    cmd = [sys.executable, "-m", "igc_jax.compile", f"--config={config}",
+           f"--topology={topology}", f"--json={out}"] + (["--max_batch"] if max_batch else [])
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {r.returncode}:\n{r.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def _gb(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 1e9:.2f}"
+
+
+def _collectives(step: dict[str, Any]) -> str:
+    c = step["collectives"]
+    moved = sum(c[op]["count"] for op in c if op != "all-reduce")
+    return f"{c['all-reduce']['count']} all-reduce ({c['all-reduce']['bytes'] / 1e6:.1f} MB), " \
+           f"{moved} other"
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [f"# Experiment configs compiled for TPU slices ({meta['date']})", "",
+             f"jax {meta['jax']}, libtpu {meta['libtpu']}, on {meta['machine']} (no TPU): "
+             "libtpu's compile-only devices, the real TPU compiler. Per-chip HBM = arguments + "
+             "outputs − aliased (the donated state) + temporaries + code, the larger of the train "
+             "and eval steps; capacity: 16 GiB (v5e), 32 GiB (v4). Collectives of one train step "
+             "(\"other\" = all-gather, all-to-all, collective-permute, reduce-scatter). Compile "
+             "seconds are on this 2-core machine under its load at the time. "
+             "`python -m benchmarks.tpu_compile`.", "",
+             "| config | network | slice | chips (hosts) | batch (per chip) | dtype | IGC modes | "
+             "GB per chip (train / eval) | capacity GB | fits | train-step collectives | "
+             "compile s (train + eval) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        modes = ", ".join(f"{m} ×{n}" for m, n in r["conv_modes"].items()) or "—"
+        lines.append(
+            f"| {r['config']} | {r['network']} | {r['topology']} | {r['chips']} ({r['hosts']}) | "
+            f"{r['batch_size']} ({r['batch_size'] // r['chips']}) | {r['dtype']} | {modes} | "
+            f"{_gb(r['train']['memory_bytes']['total'])} / "
+            f"{_gb(r['eval']['memory_bytes']['total'])} | {_gb(r['hbm_per_chip_bytes'])} | "
+            f"{'yes' if r['fits'] else '**no**'} | "
+            f"{_collectives(r['train'])} | {r['train']['compile_s']:.0f} + "
+            f"{r['eval']['compile_s']:.0f} |")
+    searches = [r for r in rows if "max_batch" in r]
+    if searches:
+        lines += ["", "## The largest global batch that fits (train step)", "",
+                  "Bisection over compiles, each step guided by a line through the measured "
+                  "totals; per-device batches are whole numbers, so the answer is exact to one "
+                  "example per chip.", "",
+                  "| config | slice | config's batch | largest that fits (per chip) | "
+                  "smallest that does not | compiles | GB per chip at each batch |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in searches:
+            b = r["max_batch"]
+            per = f"{b['largest_fitting']} ({b['largest_fitting'] // r['chips']})" \
+                if b["largest_fitting"] else "none"
+            totals = ", ".join(f"{k}: {_gb(v)}" for k, v in b["total_bytes_by_batch"].items())
+            lines.append(f"| {r['config']} | {r['topology']} | {r['batch_size']} | {per} | "
+                         f"{b['smallest_not_fitting'] or '—'} | {b['compiles']} | {totals} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="run only configs whose path contains this")
+    parser.add_argument("--no-max-batch", action="store_true", help="skip the batch searches")
+    parser.add_argument("--rerun", action="store_true", help="ignore the saved results")
+    parser.add_argument("--out", type=Path, default=RESULTS / "tpu_compile")
+    args = parser.parse_args(argv)
+    import importlib.metadata
+
+    import jax
+    from igc_jax.training import aot
+    aot.check_libtpu()
+    path = args.out.with_suffix(".json")
+    saved = json.loads(path.read_text())["rows"] if path.exists() and not args.rerun else []
+    meta = {"date": datetime.date.today().isoformat(), "jax": jax.__version__,
+            "libtpu": importlib.metadata.version("libtpu"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
+    rows = list(saved)
+    tmp = args.out.with_suffix(".job.json")
+    for config, topology, max_batch in jobs(not args.no_max_batch):
+        if args.only not in config or satisfied((config, topology, max_batch), rows):
+            continue
+        print(f"{config} on {topology}{' (largest batch)' if max_batch else ''} ...", flush=True)
+        row = run_job(config, topology, max_batch, tmp)
+        rows.append(row)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(rows, meta))
+        print(f"  {'fits' if row['fits'] else 'does not fit'}: "
+              f"{row['need_per_chip_bytes'] / 1e9:.2f} GB per chip", flush=True)
+    tmp.unlink(missing_ok=True)
+    print(f"wrote {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
