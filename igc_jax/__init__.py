@@ -16,6 +16,9 @@ kernels, Flax modules), `models/` the networks, `data/` the input pipeline, `tra
 loop, checkpoints and sharding, `mxnet/` the released models' format and converter, `configs/`
 the config schema and recipes; `main`, `evaluate`, `summary`, `sweep`, `report` and
 `convert_mxnet` are the command-line tools.
+
+"spec §N", throughout the code, tests and docs, is section N of docs/spec.md: the paper's layer,
+networks and training setup as the authors' official code has them.
 """
 from __future__ import annotations
 
