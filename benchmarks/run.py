@@ -102,10 +102,16 @@ def _stats(times: list[float]) -> dict[str, Any]:
             "calls": len(times)}
 
 
-def layer_fns(mode: str, L: int, M: int, stride: int) -> tuple[Callable, Callable]:
-    """Jitted forward and forward+backward (grads of x and both kernels) of one IGC layer."""
+def layer_fn(mode: str, L: int, M: int, stride: int) -> Callable:
+    """f(x, primary, secondary): one IGC layer (3×3, symmetric padding) computed by `mode`."""
     def f(x, p, s):
         return layers.igc_apply(x, p, s, L=L, M=M, strides=(stride, stride), padding=PAD, mode=mode)
+    return f
+
+
+def layer_fns(mode: str, L: int, M: int, stride: int) -> tuple[Callable, Callable]:
+    """Jitted forward and forward+backward (grads of x and both kernels) of one IGC layer."""
+    f = layer_fn(mode, L, M, stride)
 
     def loss(x, p, s):
         return jnp.sum(jnp.square(f(x, p, s).astype(jnp.float32)))
@@ -119,12 +125,27 @@ def torch_device(suite: str) -> str:
 
 
 def modes_for(suite: str) -> list[str]:
-    """Every mode of layers.ALL_MODES for the suite's device: the experimental Pallas `fused` only
-    on GPU (on CPU it runs in interpret mode), the C++ `native` only on CPU (where it builds)."""
-    skip = {"fused"} if suite == "cpu" else {"native"}
-    if suite == "cpu" and not native.available():
-        skip.add("native")
-    return [m for m in layers.ALL_MODES if m not in skip]
+    """Every mode of layers.ALL_MODES for the suite's device: the C++ `native` only on CPU (where
+    it builds)."""
+    with_native = suite == "cpu" and native.available()
+    return [m for m in layers.ALL_MODES if m != "native" or with_native]
+
+
+def mode_in_range(mode: str, C_in: int, L: int) -> bool:
+    """Whether `mode` is meant for L primary groups of C_in/L inputs (its docstring's range):
+    `taps` unrolls 9·C_in/L plane multiply-adds, `split` runs L separate convolutions."""
+    if mode == "taps":
+        return 9 * (C_in // L) <= select.TAPS_MAX_TERMS
+    return mode != "split" or L <= 64
+
+
+def layer_args(N: int, H: int, C_in: int, C: int, L: int, M: int, dtype) -> tuple:
+    """x (N, H, H, C_in) and He-normal primary and secondary kernels, in `dtype`."""
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], (N, H, H, C_in), dtype)
+    p = he_normal(keys[1], (3, 3, C_in // L, C), jnp.float32).astype(dtype)
+    s = he_normal(keys[2], (1, 1, C // M, C), jnp.float32).astype(dtype)
+    return x, p, s
 
 
 def bench_layers(suite: str, quick: bool, dtype, ceil: roofline.Ceilings, torch_peer, reps: int,
@@ -136,10 +157,7 @@ def bench_layers(suite: str, quick: bool, dtype, ceil: roofline.Ceilings, torch_
             log(f"  {net} {layer}: skipped (suite time budget)")
             continue
         Ho = (H + 2 - 3) // stride + 1
-        keys = jax.random.split(jax.random.key(0), 3)
-        x = jax.random.normal(keys[0], (N, H, H, C_in), dtype)
-        p = he_normal(keys[1], (3, 3, C_in // L, C), jnp.float32).astype(dtype)
-        s = he_normal(keys[2], (1, 1, C // M, C), jnp.float32).astype(dtype)
+        x, p, s = layer_args(N, H, C_in, C, L, M, dtype)
         shape = select.LayerShape(L=L, M=M, C_in=C_in, C=C, strides=(stride, stride))
         macs = roofline.igc_layer_macs(N, Ho, Ho, C_in, C, L, M)
         w_elems = p.size + s.size
@@ -157,8 +175,7 @@ def bench_layers(suite: str, quick: bool, dtype, ceil: roofline.Ceilings, torch_
         for mode in modes_for(suite):
             entry = {}
             fwd, fwd_bwd = layer_fns(mode, L, M, stride)
-            out_of_range = ((mode == "taps" and 9 * (C_in // L) > select.TAPS_MAX_TERMS)
-                            or (mode == "split" and L > 64))
+            out_of_range = not mode_in_range(mode, C_in, L)
             for kind, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
                 if out_of_range:
                     entry[kind] = {"skipped": "outside the mode's range (igc_jax.igc.select)"}

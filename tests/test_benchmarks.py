@@ -1,21 +1,63 @@
-"""Which modes the benchmark scripts time on which device."""
+"""The benchmark scripts: which modes they time where, and that what they time is right."""
 from __future__ import annotations
+
+import math
 
 import pytest
 
-from benchmarks import gpu_fused, run
-from igc_jax.igc import layers, native
+from benchmarks import gpu, run
+from igc_jax.igc import layers, modes, native
 
 
 def test_suite_modes_match_devices():
-    assert "native" not in run.modes_for("gpu") and "fused" in run.modes_for("gpu")
-    assert "fused" not in run.modes_for("cpu")
+    assert set(run.modes_for("gpu")) == set(layers.ALL_MODES) - {"native"}
     assert ("native" in run.modes_for("cpu")) == native.available()
-    assert set(run.modes_for("gpu")) | {"native"} == set(layers.ALL_MODES)
 
 
-def test_gpu_script_times_no_cpu_only_mode():
-    assert "native" not in gpu_fused.UNFUSED and "fused" not in gpu_fused.UNFUSED
+# A strided, widening layer of the GPU script's kind at toy size (x 2×7×7×8 -> 2×4×4×16).
+TOY = ("toy", "L4M4 stride 2", 2, 7, 8, 16, 4, 4, 2)
+
+
+@pytest.fixture(scope="module")
+def toy_rows():
+    """The GPU script's rows for TOY in every GPU mode and both dtypes (the dry run's core)."""
+    errors = []
+    rows = gpu.bench_layer(TOY, run.modes_for("gpu"), gpu.DTYPES, reps=1, deadline=math.inf,
+                           errors=errors)
+    assert not errors
+    return rows
+
+
+def test_gpu_script_times_every_gpu_mode_and_each_agrees_with_composed(toy_rows):
+    """Every mode but the CPU-only `native`, in both dtypes, forward, input gradient and weight
+    gradient, each checked against `composed` in float32 at highest precision."""
+    want = {(d, m, p) for d in gpu.DTYPES for m in set(modes.MODES) - {"native"} for p in gpu.PARTS}
+    assert {(r["dtype"], r["mode"], r["part"]) for r in toy_rows} == want
+    assert all("skipped" not in r for r in toy_rows)  # C_in/L = 2, L = 4: every mode's range
+    for r in toy_rows:
+        assert r["passed"] and r["rel_error"] <= gpu.TOLERANCE[r["dtype"]], r
+        assert r["median_ms"] > 0 and r["compile_s"] > 0
+
+
+def test_gpu_script_report_has_absolute_times_and_ratios(toy_rows):
+    text = "\n".join(gpu.layer_tables(toy_rows))
+    for r in toy_rows:
+        assert f"{r['median_ms']:.3g} (" in text
+    assert text.count("(1.00×)") >= 2 * len(gpu.PARTS)  # the fastest mode of each dtype and part
+    assert "**WRONG**" not in text
+
+
+def test_gpu_script_flags_a_mode_that_computes_the_wrong_layer(monkeypatch):
+    """A mode with the primary's output channels in the wrong order (a missed shuffle) is
+    flagged in every part; the others still pass."""
+    monkeypatch.setitem(modes.MODES, "split",
+                        lambda x, p, s, **kw: modes.igc_grouped(x, p[..., ::-1], s, **kw))
+    rows = gpu.bench_layer(TOY, ["grouped", "split"], ("float32",), reps=1, deadline=math.inf,
+                           errors=[])
+    assert {r["part"] for r in rows if r["mode"] == "split" and not r["passed"]} == set(gpu.PARTS)
+    assert all(r["passed"] for r in rows if r["mode"] == "grouped")
+    assert min(r["rel_error"] for r in rows if r["mode"] == "split") > 0.1
+    assert "**WRONG**" in "\n".join(gpu.layer_tables(rows))
 
 
 def test_torch_peer_runs_where_jax_runs(monkeypatch):

@@ -1,5 +1,5 @@
-"""IGCConv against the float64 references of tests/references.py (spec §1): every mode, the
-experimental `fused` included (Pallas interpret mode on CPU), outputs and all three gradients.
+"""IGCConv against the float64 references of tests/references.py (spec §1): every mode, outputs
+and all three gradients.
 """
 from __future__ import annotations
 

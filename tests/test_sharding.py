@@ -13,19 +13,16 @@ And the accelerator path lowers for TPU and CUDA from this CPU.
 """
 from __future__ import annotations
 
-import functools
 import json
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from benchmarks import scaling
 from igc_jax.igc.select import ModeContext
-from igc_jax.training import sharding, steps
+from igc_jax.training import sharding
 from run_utils import ROOT, env_with_devices
 
 ACTIVATION_FREE = ("all-gather", "all-to-all", "collective-permute", "reduce-scatter")
@@ -80,33 +77,3 @@ def test_train_step_lowers_for_accelerators(path, size, platform):
     assert f"feature_group_count = {L}" in text  # the primary convs stay grouped
     if "imagenet" in path:
         assert config.dtype == "bfloat16" and "bf16" in text
-
-
-def test_fused_train_step_lowers_for_cuda():
-    """The per-device train step with the Pallas kernels compiled (not interpret mode) lowers for
-    CUDA, on an abstract 8-GPU mesh (Pallas's Triton lowering needs a GPU device kind)."""
-    target = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=None,
-                                         platform="cuda")
-    mesh = jax.sharding.AbstractMesh((8,), (sharding.DATA_AXIS,), abstract_device=target)
-    config = scaling.configs.load_config("experiments/cifar10_igc.py:L24M2,D8")
-    config.update(conv_mode="fused", batch_size=16)
-    model = steps.make_model(config, ModeContext("gpu"))
-    schedule = steps.learning_rate_schedule(config, 100, 1000)
-    tx = steps.make_optimizer(config, schedule)
-
-    def init(rng):
-        v = model.init(rng, jnp.zeros((1, 32, 32, 3)), train=False)
-        return steps.TrainState(step=jnp.zeros((), jnp.int32), params=v["params"],
-                                batch_stats=v["batch_stats"], opt_state=tx.init(v["params"]))
-
-    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    bs = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(sharding.DATA_AXIS))
-    state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
-                         jax.eval_shape(init, jax.random.PRNGKey(0)))
-    batch = {"image": jax.ShapeDtypeStruct((16, 32, 32, 3), jnp.float32, sharding=bs),
-             "label": jax.ShapeDtypeStruct((16,), jnp.int32, sharding=bs)}
-    step = jax.jit(steps.per_device(functools.partial(
-        steps.train_step, model=model, tx=tx, schedule=schedule, axis=sharding.DATA_AXIS), mesh))
-    with jax.sharding.use_abstract_mesh(mesh):
-        text = step.trace(state, batch).lower(lowering_platforms=("cuda",)).as_text()
-    assert "triton" in text  # the Pallas kernels, compiled for the GPU

@@ -30,8 +30,7 @@ An experiment file in `experiments/` calls `base_config()` and sets what differs
                             | "constant"
   warmup_epochs             linear warmup before the schedule
   dtype                     compute dtype: "float32" | "bfloat16" (params and BN stats stay float32)
-  conv_mode                 IGC computation mode: `auto`, a key of igc_jax.igc.modes.MODES, or
-                            `fused`
+  conv_mode                 IGC computation mode: `auto` or a key of igc_jax.igc.modes.MODES
   log_every_steps, eval_every_steps (0: every epoch), checkpoint_every_steps, keep_checkpoints
   batch_norm                BatchNorm statistics over the "global" batch or "per_device"
   sigterm_check_every_steps how often (in steps) the loop looks for a SIGTERM

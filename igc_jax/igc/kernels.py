@@ -179,7 +179,7 @@ def four_branch_kernels(kernel):
 def check_igc_shapes(c_in: int, primary_shape, secondary_shape, L: int, M: int) -> None:
     """The one check that kernels form an IGC layer on c_in channels: a ValueError naming them.
 
-    Every computation mode, the Flax layer and the fused kernel call this; the C++ kernels trust it.
+    Every computation mode and the Flax layer call this; the C++ kernels trust it.
     """
     kh, kw, cin_g, C = primary_shape
     if L <= 0 or M <= 0:

@@ -3,8 +3,7 @@
 
 It holds exactly two parameters, the compact grouped kernels of the primary (kh×kw, L groups) and
 secondary (1×1, M groups) convolutions, and computes the layer with any mode of
-`igc_jax.igc.modes` (or the experimental `fused`); `auto` asks `igc_jax.igc.select` with the
-module's explicit `ModeContext`.
+`igc_jax.igc.modes`; `auto` asks `igc_jax.igc.select` with the module's explicit `ModeContext`.
 """
 from __future__ import annotations
 
@@ -16,11 +15,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from igc_jax.igc import fused, kernels, modes, select
+from igc_jax.igc import kernels, modes, select
 from igc_jax.igc.select import LayerShape, ModeContext
 
-# Every mode a layer can be asked for by name: the default registry and the experimental ones.
-ALL_MODES = {**modes.MODES, **fused.EXPERIMENTAL_MODES}
+# Every mode a layer can be asked for by name.
+ALL_MODES = modes.MODES
 MODE_NAMES = ("auto", *ALL_MODES)
 
 # He-normal, std = sqrt(2 / fan_in), fan_in = (C_in / groups)·kh·kw (spec §2); not truncated.
@@ -58,10 +57,8 @@ def igc_apply(x, primary, secondary, *, L, M, strides=(1, 1), padding=((1, 1), (
     kh, kw, _, C = primary.shape
     shape = LayerShape(L=L, M=M, C_in=x.shape[-1], C=C, kernel=(kh, kw), strides=tuple(strides))
     name = resolve_mode(mode, shape, context)
-    kwargs = dict(L=L, M=M, strides=tuple(strides), padding=tuple(map(tuple, padding)))
-    if name == "fused":  # compiled (Triton) only when the step is compiled for a GPU
-        kwargs["platform"] = (context or select.detect_context()).backend
-    return ALL_MODES[name](x, primary, secondary, **kwargs)
+    return ALL_MODES[name](x, primary, secondary, L=L, M=M, strides=tuple(strides),
+                           padding=tuple(map(tuple, padding)))
 
 
 class IGCConv(nn.Module):

@@ -13,8 +13,7 @@ symmetric padding (XLA's 'SAME' pads stride-2 layers asymmetrically).
               for few, wide groups.
 - `native`:   primary conv by a C++ XLA FFI kernel (igc_jax/native, CPU), then the same matmul
               with its weight gradient in C++ too; the fastest on CPU for all but wide groups.
-Which one a layer uses is decided in `igc_jax.igc.select` (`auto`); the experimental fused
-Pallas kernel is `igc_jax.igc.fused`.
+Which one a layer uses is decided in `igc_jax.igc.select` (`auto`).
 """
 from __future__ import annotations
 
