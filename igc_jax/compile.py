@@ -1,23 +1,30 @@
-"""Compile a config's train and eval steps for a Cloud TPU slice, on any machine, with no TPU.
+"""Compile a config's train and eval steps for a Cloud TPU slice or for NVIDIA GPUs, on any
+machine, with no TPU or GPU.
 
     python -m igc_jax.compile --config=experiments/imagenet_l16m16.py --topology=v5litepod-8
     python -m igc_jax.compile --config=experiments/cifar10_igc.py:L24M2,D20 --topology=v4-8 \\
         --config.batch_size=1024 --max_batch --json=compile.json
+    python -m igc_jax.compile --config=experiments/imagenet_l16m16.py --topology=h100-8
 
-Needs libtpu (`pip install -e ".[tpu]"`). The real TPU compiler compiles the trainer's own steps
+TPU slices need libtpu (`pip install -e ".[tpu]"`); GPU targets (`h100-8`: one host of 8 H100
+SXM 80GB, `h100-16`: two such hosts, `a100-8`: A100 SXM 80GB) need JAX's CUDA plugin and ptxas
+(`pip install -e ".[gpu-compile]"`), no GPU, driver or cuDNN. On GPU targets nothing is autotuned
+(cuDNN convolutions get no workspace), so the memory is a lower bound, and XLA:GPU has no cost
+analysis, so FLOPs are n/a. The real TPU compiler compiles the trainer's own steps
 (igc_jax.training.aot) and says, per chip: HBM for arguments, outputs and temporaries against the
 chip's capacity, whether the step fits and by how much, its FLOPs and collectives, and the
 compile time; `--max_batch` also finds the largest global batch that fits by bisection over
 compiles. Config overrides work as in `igc_jax.main`. Exit status: 0 compiled (whether or not it
 fits: the report says), 2 bad input (an unknown slice, a batch that does not divide over the
-chips, a missing libtpu), 1 a bug.
+chips, a missing libtpu or CUDA plugin), 1 a bug.
 """
 from __future__ import annotations
 
 import os
 
 # Compile-only TPU devices come from libtpu's topology, not from a TPU backend: keep JAX on the
-# CPU (a TPU VM's chips may be busy training).
+# CPU (a TPU VM's chips may be busy training). The CUDA plugin registers its compile-only GPU
+# topologies only then (else it starts a GPU backend, which needs cuDNN and a GPU).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import json  # noqa: E402
@@ -34,7 +41,8 @@ from igc_jax.errors import UserError, fail  # noqa: E402
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py[:arg]).",
                                 lock_config=True)
 flags.DEFINE_string("topology", None, "Cloud TPU accelerator type, as for gcloud: v4-8, v4-32, "
-                    "v5litepod-8 (or v5e-8), v5p-8, v6e-8, v5litepod-256, ...")
+                    "v5litepod-8 (or v5e-8), v5p-8, v6e-8, v5litepod-256, ...; or NVIDIA GPUs "
+                    "on hosts of 8: h100-8, h100-16, a100-8, ...")
 flags.DEFINE_bool("max_batch", False, "Also find the largest global batch that fits, by "
                   "bisection over compiles.")
 flags.DEFINE_integer("max_batch_compiles", 8, "At most this many compiles for --max_batch.")
@@ -54,22 +62,26 @@ def step_dict(report) -> dict[str, Any]:
 
 def compile_config(config, topology: str, *, max_batch: bool = False,
                    max_batch_compiles: int = 8, progress=print) -> dict[str, Any]:
-    """The report (a JSON-able dict) of `config`'s steps compiled for the slice `topology`."""
+    """The report (a JSON-able dict) of `config`'s steps compiled for the TPU slice or GPU target
+    `topology`."""
     from igc_jax.configs.networks import network_name
     from igc_jax.igc.select import ModeContext
     from igc_jax.training import aot
     slc = aot.plan(config, topology)
-    devices = aot.tpu_devices(slc)
+    devices = aot.target_devices(slc)
     progress(f"compiling {network_name(config.model)} for {slc.describe()}: "
              f"{devices[0].device_kind}, topology {slc.topology_name}")
-    program = aot.build_program(config, devices, ModeContext("tpu"))
+    program = aot.build_program(config, devices, ModeContext(slc.platform))
     train = program.train_report(config.batch_size)
     progress(f"  train step compiled in {train.compile_s:.0f} s")
     evaluate = program.eval_report(config.eval_batch_size)
     progress(f"  eval step compiled in {evaluate.compile_s:.0f} s")
     need = max(train.total, evaluate.total)
     out = {"network": network_name(config.model),
-           "topology": topology, "jax_topology": slc.topology_name,
+           "topology": topology, "jax_topology": slc.topology_name, "platform": slc.platform,
+           "unit": slc.unit,
+           # XLA:GPU autotunes nothing with no GPU: the memory it reports is a lower bound.
+           "memory_is_lower_bound": slc.platform == "gpu",
            "device_kind": devices[0].device_kind, "chips": slc.chips, "hosts": slc.hosts,
            "hbm_per_chip_bytes": slc.hbm_bytes, "batch_size": config.batch_size,
            "eval_batch_size": config.eval_batch_size, "dtype": config.dtype,
@@ -111,12 +123,17 @@ def _collective_line(c: dict[str, dict[str, int]]) -> str:
     return ", ".join(f"{op} {v['count']} ({v['bytes'] / 1e6:.2f} MB)" for op, v in c.items())
 
 
+def _tflop(flops: float | None) -> str:
+    return "n/a" if flops is None else f"{flops / 1e12:.3f}"
+
+
 def format_report(r: dict[str, Any]) -> str:
     """The report as the lines a user reads."""
     cap = r["hbm_per_chip_bytes"]
-    lines = [f"{r['network']} on {r['topology']} ({r['device_kind']}, {r['chips']} chips, "
+    chip = r.get("unit", "chip")
+    lines = [f"{r['network']} on {r['topology']} ({r['device_kind']}, {r['chips']} {chip}s, "
              f"{r['hosts']} host(s)): global batch {r['batch_size']} "
-             f"({r['batch_size'] // r['chips']} per chip), eval {r['eval_batch_size']}, "
+             f"({r['batch_size'] // r['chips']} per {chip}), eval {r['eval_batch_size']}, "
              f"{r['dtype']}, IGC modes {r['conv_modes'] or 'none (no IGC layer)'}"]
     for name in ("train", "eval"):
         s = r[name]
@@ -124,21 +141,24 @@ def format_report(r: dict[str, Any]) -> str:
         if s["out_of_memory"]:
             lines.append(f"{name} step: the compiler ran out of HBM: {s['out_of_memory']}")
             continue
-        lines.append(f"{name} step: {m['total'] / GB:.2f} GB per chip (arguments "
+        lines.append(f"{name} step: {m['total'] / GB:.2f} GB per {chip} (arguments "
                      f"{m['arguments'] / GB:.2f}, outputs {m['outputs'] / GB:.2f}, aliased "
                      f"{m['aliased'] / GB:.2f}, temporaries {m['temporaries'] / GB:.2f}, code "
-                     f"{m['code'] / GB:.2f}); {s['flops'] / 1e12:.3f} TFLOP per chip; compiled in "
+                     f"{m['code'] / GB:.2f}); {_tflop(s['flops'])} TFLOP per {chip}; compiled in "
                      f"{s['compile_s']:.0f} s")
         lines.append(f"  collectives: {_collective_line(s['collectives'])}")
     verdict = "fits" if r["fits"] else "does not fit"
     lines.append(f"{verdict}: needs {r['need_per_chip_bytes'] / GB:.2f} GB of {cap / GB:.2f} GB "
-                 f"HBM per chip ({abs(r['margin_bytes']) / GB:.2f} GB "
+                 f"HBM per {chip} ({abs(r['margin_bytes']) / GB:.2f} GB "
                  f"{'free' if r['margin_bytes'] >= 0 else 'over'})")
+    if r.get("memory_is_lower_bound"):
+        lines.append("  (a lower bound: with no GPU, XLA autotunes nothing and gives cuDNN's "
+                     "convolutions no workspace; on a GPU they take more)")
     if "max_batch" in r:
         b = r["max_batch"]
         upper = (f"; {b['smallest_not_fitting']} does not" if b["smallest_not_fitting"]
                  else "")
-        largest = b["largest_fitting"] or f"none down to {r['chips']} (1 per chip)"
+        largest = b["largest_fitting"] or f"none down to {r['chips']} (1 per {chip})"
         lines.append(f"largest global batch that fits: {largest}{upper} ({b['compiles']} "
                      "compiles)")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
-"""`python -m igc_jax.compile`: TPU slices by their gcloud names, the largest-batch search, the
-one-line refusals, and (with libtpu, the `tpu` extra) real compiles for TPU slices on this CPU.
+"""`python -m igc_jax.compile`: TPU slices by their gcloud names, GPU targets (`h100-8`, ...), the
+largest-batch search, the one-line refusals, and real compiles on this CPU: for TPU slices with
+libtpu (the `tpu` extra), for an H100 host with JAX's CUDA plugin (the `gpu-compile` extra).
 
 The compiles run in CI's Python 3.12 venv, which installs `.[dev,tpu]`; where libtpu is absent
 they skip with that reason. `benchmarks/tpu_compile.py` compiles every experiment config for its
@@ -18,7 +19,9 @@ import pytest
 from igc_jax import configs
 from igc_jax.errors import UserError
 from igc_jax.training import aot
+from igc_jax.training.gpu_targets import GpuTarget
 from igc_jax.training.slices import GIB, parse_slice
+from igc_jax.training.targets import parse_target
 from run_utils import ROOT
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -143,3 +146,137 @@ def test_experiment_compiles_and_fits_the_slice(config, topology, tmp_path):
     # Every IGC layer computes per device; the trainer's state (parameters, momentum and
     # BatchNorm statistics) is replicated, so every chip holds all of it as an argument.
     assert report["train"]["memory_bytes"]["arguments"] >= 2 * 4 * report["num_params"]
+
+
+# GPU targets: hosts of 8 NVIDIA GPUs, compiled for by JAX's CUDA plugin (extra: gpu-compile).
+HAS_CUDA_PLUGIN = importlib.util.find_spec("jax_plugins") is not None and \
+    importlib.util.find_spec("jax_plugins.xla_cuda13") is not None
+needs_cuda_plugin = pytest.mark.skipif(
+    not HAS_CUDA_PLUGIN, reason="JAX's CUDA plugin not installed (extra: gpu-compile)")
+# The vendored specs' device_memory_size (XLA's H100 SXM and A100 SXM4 80GB).
+H100_BYTES, A100_BYTES = 84942979072, 85100068864
+
+
+@pytest.mark.parametrize("name, topology, gpus, hosts, memory", [
+    ("h100-8", "1x1x8", 8, 1, H100_BYTES), ("h100-16", "1x2x8", 16, 2, H100_BYTES),
+    ("h100-1", "1x1x1", 1, 1, H100_BYTES), ("h100-4", "1x1x4", 4, 1, H100_BYTES),
+    ("a100-8", "1x1x8", 8, 1, A100_BYTES), ("A100-32", "1x4x8", 32, 4, A100_BYTES)])
+def test_gpu_targets_map_to_cuda_topologies(name, topology, gpus, hosts, memory):
+    t = parse_target(name)
+    assert isinstance(t, GpuTarget) and t.platform == "gpu"
+    assert (t.topology_name, t.chips, t.hosts, t.hbm_bytes) == (topology, gpus, hosts, memory)
+    assert f"{gpus} GPU" in t.describe() and "79 GiB HBM per GPU" in t.describe()
+    assert "gpu_device_info {" in t.model.target_config
+
+
+@pytest.mark.parametrize("name", [p[0] for p in PUBLISHED])
+def test_tpu_names_still_give_the_same_slices(name):
+    assert parse_target(name) == parse_slice(name)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("h100-12", "is not a GPU target; give h100-N, a100-N (N GPUs: 1 to 8 on one host, or a "
+                "multiple of 8: 16, 32, ...)"),
+    ("h100-0", "is not a GPU target"), ("a100-x", "is not a GPU target"),
+    ("b200-8", "is not a TPU accelerator type or a GPU target; give v4-N"),
+    ("gpu-8", "or h100-N, a100-N"), ("v5litepod-7", "v5e slices come in sizes")])
+def test_bad_target_names_are_one_user_error(name, message):
+    with pytest.raises(UserError, match=re.escape(message)) as e:
+        parse_target(name)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"batch_size": 60}, "batch_size=60 is not divisible by the target's 16 GPUs; pass "
+                         "--config.batch_size=<a multiple of 16>"),
+    ({"conv_mode": "native"}, "cannot compile for GPU")])
+def test_bad_gpu_input_is_refused_before_compiling(overrides, message):
+    config = configs.load_config("experiments/quickstart.py")
+    config.update(overrides)
+    with pytest.raises(UserError, match=re.escape(message)):
+        aot.plan(config, "h100-16")
+
+
+@pytest.mark.skipif(HAS_CUDA_PLUGIN, reason="JAX's CUDA plugin is installed")
+def test_missing_cuda_plugin_is_one_line_and_exit_2():
+    r = _compile_cli("--config=experiments/quickstart.py", "--topology=h100-8", timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: compiling for GPU needs JAX's CUDA plugin: pip install -e "
+                           "\".[gpu-compile]\" (it installs jax[cuda13-local], the "
+                           "jax-cuda13-plugin of jax "), line
+
+
+def test_reports_without_flops_say_n_a():
+    """XLA:GPU has no cost analysis: FLOPs are None in the JSON and 'n/a' in the text."""
+    from igc_jax.compile import format_report
+    memory = {"arguments": 2e8, "outputs": 2e8, "aliased": 2e8, "temporaries": 1e9, "code": 0,
+              "total": 1.2e9}
+    step = {"memory_bytes": memory, "flops": None, "bytes_accessed": None, "compile_s": 3.0,
+            "collectives": {"all-reduce": {"count": 1, "bytes": 4}}, "out_of_memory": None}
+    report = {"network": "net", "topology": "h100-8", "device_kind": "NVIDIA H100 80GB HBM3",
+              "chips": 8, "hosts": 1, "unit": "GPU", "hbm_per_chip_bytes": H100_BYTES,
+              "batch_size": 64, "eval_batch_size": 64, "dtype": "float32", "conv_modes": {},
+              "train": step, "eval": step, "need_per_chip_bytes": 1.2e9, "fits": True,
+              "margin_bytes": H100_BYTES - 1.2e9, "memory_is_lower_bound": True}
+    text = format_report(report)
+    assert "n/a TFLOP per GPU" in text and "(8 per GPU)" in text
+    assert "fits: needs 1.20 GB of 84.94 GB HBM per GPU" in text and "a lower bound" in text
+
+
+# IGC-L24M2 D=20's grouped primary convolutions on an H100: cuDNN convolutions of 24 groups.
+_HLO_PROBE = """
+import os, sys
+os.environ["JAX_PLATFORMS"] = "cpu"
+from igc_jax import configs
+from igc_jax.igc.select import ModeContext
+from igc_jax.training import aot
+config = configs.load_config(sys.argv[1])
+config.conv_mode = "grouped"
+target = aot.plan(config, "h100-8")
+program = aot.build_program(config, aot.target_devices(target), ModeContext("gpu"))
+print(program.trace_train(config.batch_size).lower().compile().as_text())
+"""
+
+
+@needs_cuda_plugin
+@pytest.mark.slow
+def test_cifar_compiles_and_fits_h100_8(tmp_path):
+    config, topology = "experiments/cifar10_igc.py:L24M2,D20", "h100-8"
+    out = tmp_path / "report.json"
+    r = _compile_cli(f"--config={config}", f"--topology={topology}", f"--json={out}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert (report["chips"], report["hosts"], report["platform"]) == (8, 1, "gpu")
+    assert report["device_kind"] == "NVIDIA H100 80GB HBM3"
+    assert report["fits"] and report["need_per_chip_bytes"] <= H100_BYTES
+    assert report["memory_is_lower_bound"] and "a lower bound" in r.stdout
+    for step in ("train", "eval"):
+        m, c = report[step]["memory_bytes"], report[step]["collectives"]
+        assert m["total"] == (m["arguments"] + m["outputs"] - m["aliased"] + m["temporaries"]
+                              + m["code"])
+        assert all(c[op]["count"] == 0 for op in aot.ACTIVATION_COLLECTIVES), (step, c)
+        assert c["all-reduce"]["count"] >= 1
+        assert report[step]["flops"] is None  # XLA:GPU has no cost analysis
+    assert report["train"]["memory_bytes"]["arguments"] >= 2 * 4 * report["num_params"]
+    assert "n/a TFLOP per GPU" in r.stdout
+
+
+@needs_cuda_plugin
+@pytest.mark.slow
+def test_grouped_convs_stay_grouped_cudnn_convs_on_h100():
+    r = subprocess.run([sys.executable, "-c", _HLO_PROBE, "experiments/cifar10_igc.py:L24M2,D20"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    convs = [ln for ln in r.stdout.splitlines() if "__cudnn$conv" in ln]
+    grouped = [ln for ln in convs if "feature_group_count=24" in ln]
+    # IGC-L24M2 D=20 has 18 IGC layers, each with a primary 3x3 conv of 24 groups: one cuDNN
+    # call for its forward, one for its input gradient (a forward conv of the flipped kernel)
+    # and one for its weight gradient; none is rewritten as a dense or dilated convolution.
+    forward = [ln for ln in grouped if 'custom_call_target="__cudnn$convForward"' in ln]
+    weight_grad = [ln for ln in grouped if "__cudnn$convBackwardFilter" in ln]
+    assert len(forward) >= 2 * 18 and len(weight_grad) >= 18, (len(forward), len(weight_grad))
+    assert "convolution-base-dilated" not in r.stdout
+    # With no GPU nothing is autotuned: every cuDNN call gets an empty workspace (u8[0]), which is
+    # why the report calls GPU memory a lower bound.
+    assert all(", u8[0]{0})" in ln.split("custom-call(")[0] for ln in convs)

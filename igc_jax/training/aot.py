@@ -1,9 +1,12 @@
 """A config's real train and eval steps compiled ahead of time for devices that need not be here.
 
 With libtpu installed (the `tpu` extra), `jax.experimental.topologies` gives compile-only devices
-of any TPU slice on a machine with no TPU. The steps are the trainer's own
-(`igc_jax.training.steps.compile_steps`, under `shard_map`), the state is abstract
-(`steps.abstract_state`: nothing is made or run), and the real TPU compiler reports per-chip
+of any TPU slice on a machine with no TPU; with JAX's CUDA plugin (the `gpu-compile` extra), of
+hosts of NVIDIA GPUs described by XLA's target configs (gpu_targets.py), on a machine with no GPU.
+The GPU compiler autotunes nothing without a GPU (cuDNN convolutions get no workspace) and has no
+cost analysis: its memory is a lower bound and its FLOPs are unknown (None). The steps are the
+trainer's own (`igc_jax.training.steps.compile_steps`, under `shard_map`), the state is abstract
+(`steps.abstract_state`: nothing is made or run), and the real compiler reports per-device
 memory (`memory_analysis`), FLOPs (`cost_analysis`) and the program (`as_text`, whose collectives
 are counted here). `largest_batch` bisects over compiles for the largest global batch that fits.
 """
@@ -26,7 +29,9 @@ from igc_jax.errors import UserError
 from igc_jax.igc import select
 from igc_jax.igc.layers import planned_modes
 from igc_jax.training import sharding, steps
-from igc_jax.training.slices import Slice, parse_slice
+from igc_jax.training.gpu_targets import GpuTarget
+from igc_jax.training.slices import Slice
+from igc_jax.training.targets import Target, parse_target
 
 COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
 # Collectives that would move activations: the per-device steps must have none.
@@ -42,6 +47,9 @@ _UNIT = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 # The learning-rate schedule is a scalar function baked into the step; its boundaries do not
 # change the program's memory or collectives, so the compile uses a nominal epoch.
 _NOMINAL_STEPS_PER_EPOCH = 1000
+# jax's extra that pins the CUDA plugin of the installed jax, and the plugin it installs.
+_CUDA_EXTRA, _CUDA_PLUGIN = "cuda13-local", "jax-cuda13-plugin"
+_GPU_COMPILE_HINT = "pip install -e \".[gpu-compile]\""
 
 
 def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
@@ -56,18 +64,37 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     return out
 
 
+def _check_pinned(package: str, extra: str, missing: str, hint: str) -> None:
+    """UserError unless `package` is installed at the version jax[extra] pins for this jax."""
+    from packaging.requirements import Requirement
+    try:
+        have = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(f"{missing}: {hint} (it installs jax[{extra}], the {package} of jax "
+                        f"{jax.__version__})") from None
+    for text in importlib.metadata.requires("jax") or []:
+        req = Requirement(text)
+        if (req.name == package and req.marker is not None
+                and req.marker.evaluate({"extra": extra})
+                and not req.specifier.contains(have, prereleases=True)):
+            raise UserError(f"{package} {have} does not match jax {jax.__version__}, which pins "
+                            f"{package}{req.specifier}: {hint}")
+
+
 def check_libtpu() -> None:
     """UserError unless libtpu is installed and is the version this JAX pins (jax[tpu])."""
-    try:
-        have = importlib.metadata.version("libtpu")
-    except importlib.metadata.PackageNotFoundError:
-        raise UserError("compiling for TPU needs libtpu: pip install -e \".[tpu]\" (it installs "
-                        f"jax[tpu], the libtpu of jax {jax.__version__})") from None
-    for requirement in importlib.metadata.requires("jax") or []:
-        m = re.match(r"libtpu\s*==\s*([0-9.]+)(\.\*)?\s*;.*extra\s*==\s*.tpu.", requirement)
-        if m and not (have == m.group(1) or (m.group(2) and have.startswith(m.group(1) + "."))):
-            raise UserError(f"libtpu {have} does not match jax {jax.__version__}, which pins "
-                            f"libtpu=={m.group(1)}{m.group(2) or ''}: pip install -e \".[tpu]\"")
+    _check_pinned("libtpu", "tpu", "compiling for TPU needs libtpu", "pip install -e \".[tpu]\"")
+
+
+def check_cuda_plugin() -> None:
+    """UserError unless JAX's CUDA plugin is installed at the version this JAX pins."""
+    _check_pinned(_CUDA_PLUGIN, _CUDA_EXTRA, "compiling for GPU needs JAX's CUDA plugin",
+                  _GPU_COMPILE_HINT)
+
+
+def check_backend(target: Target) -> None:
+    """The compiler for the target's platform is installed, at the version this JAX pins."""
+    (check_cuda_plugin if isinstance(target, GpuTarget) else check_libtpu)()
 
 
 def tpu_devices(slc: Slice) -> list:
@@ -85,45 +112,65 @@ def tpu_devices(slc: Slice) -> list:
     return list(topology.devices)
 
 
+def gpu_devices(target: GpuTarget) -> list:
+    """The compile-only devices of hosts of GPUs, from the model's XLA target config."""
+    from jax.experimental import topologies
+    try:
+        topology = topologies.get_topology_desc(platform="cuda", topology=target.topology_name,
+                                                target_config=target.model.target_config)
+    except NotImplementedError:  # the plugin started a GPU backend instead (or failed to)
+        raise UserError("JAX's CUDA plugin gives compile-only GPU devices only when JAX runs on "
+                        f"the CPU: unset JAX_PLATFORMS or set it to 'cpu' (it is "
+                        f"{os.environ.get('JAX_PLATFORMS')!r})") from None
+    return list(topology.devices)
+
+
+def target_devices(target: Target) -> list:
+    """The compile-only devices of a TPU slice or a GPU target."""
+    return gpu_devices(target) if isinstance(target, GpuTarget) else tpu_devices(target)
+
+
 def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
     """The image shape the network sees: the config's size, RGB (scikit-learn's digits: grey)."""
     size = config.dataset.image_size
     return (size, size, 1 if config.dataset.name == "digits" else 3)
 
 
-def check_batch(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Both global batches split evenly over the slice's chips."""
+def check_batch(config: ml_collections.ConfigDict, target: Target) -> None:
+    """Both global batches split evenly over the slice's chips (the target's GPUs)."""
+    n, owner = target.chips, "slice" if target.platform == "tpu" else "target"
     for key in ("batch_size", "eval_batch_size"):
-        if config[key] % num_devices:
-            raise UserError(f"{key}={config[key]} is not divisible by the slice's {num_devices} "
-                            f"chips; pass --config.{key}=<a multiple of {num_devices}>")
+        if config[key] % n:
+            raise UserError(f"{key}={config[key]} is not divisible by the {owner}'s {n} "
+                            f"{target.unit}s; pass --config.{key}=<a multiple of {n}>")
 
 
-def check_mode(conv_mode: str) -> None:
-    """Mode `native` is C++ for the CPU: a TPU program cannot contain it."""
+def check_mode(conv_mode: str, target: Target) -> None:
+    """Mode `native` is C++ for the CPU: a TPU or GPU program cannot contain it."""
     if conv_mode == "native":
-        raise UserError("conv_mode='native' is the CPU's C++ kernels and cannot compile for TPU; "
-                        "use conv_mode='auto' or an XLA mode (grouped, composed, split, ...)")
+        raise UserError("conv_mode='native' is the CPU's C++ kernels and cannot compile for "
+                        f"{target.platform.upper()}; use conv_mode='auto' or an XLA mode (grouped, "
+                        "composed, split, ...)")
 
 
-def plan(config: ml_collections.ConfigDict, topology: str) -> Slice:
-    """Every check before anything compiles: the config, the slice, the batch split, the mode,
-    libtpu; the slice."""
+def plan(config: ml_collections.ConfigDict, topology: str) -> Target:
+    """Every check before anything compiles: the config, the TPU slice or GPU target, the batch
+    split, the mode, the compiler (libtpu or the CUDA plugin); the slice or target."""
     from igc_jax.training.validate import validate
     validate(config)
-    slc = parse_slice(topology)
-    check_batch(config, slc.chips)
-    check_mode(config.conv_mode)
-    check_libtpu()
-    return slc
+    target = parse_target(topology)
+    check_batch(config, target)
+    check_mode(config.conv_mode, target)
+    check_backend(target)
+    return target
 
 
 @dataclasses.dataclass(frozen=True)
 class StepReport:
     """What the compiler says of one step on one chip."""
     memory: dict[str, int]          # arguments, outputs, aliased, temporaries, code, total
-    flops: float
-    bytes_accessed: float
+    flops: float | None             # None: the compiler has no cost analysis (XLA:GPU)
+    bytes_accessed: float | None
     collectives: dict[str, dict[str, int]]
     compile_s: float
     oom: str = ""                   # the compiler's out-of-memory message, if it refused
@@ -143,10 +190,14 @@ def _memory(compiled) -> dict[str, int]:
     return {k: int(v) for k, v in out.items()}
 
 
-def _cost(compiled) -> dict[str, float]:
+def _cost(compiled) -> dict[str, float | None]:
+    """FLOPs and bytes accessed per device; None where the compiler has no cost analysis (the
+    CUDA plugin's compile-only executables return None)."""
     analysis = compiled.cost_analysis()
     if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0]
+        analysis = analysis[0] if analysis else None
+    if not analysis:
+        return {"flops": None, "bytes_accessed": None}
     return {"flops": float(analysis.get("flops", 0.0)),
             "bytes_accessed": float(analysis.get("bytes accessed", 0.0))}
 
@@ -171,6 +222,10 @@ def compile_report(traced) -> StepReport:
     try:
         compiled = traced.lower().compile()
     except Exception as e:  # XLA's runtime error type differs across jaxlib versions
+        if "No PTX compilation provider" in str(e):  # XLA:GPU found no ptxas
+            raise UserError(f"compiling for GPU needs ptxas (CUDA's PTX assembler), found neither "
+                            f"in the nvidia-cuda-nvcc package nor in /usr/local/cuda: "
+                            f"{_GPU_COMPILE_HINT}") from None
         if not _is_oom(e):
             raise
         return oom_report(str(e), time.perf_counter() - t)
@@ -204,8 +259,12 @@ class Program:
             batch["mask"] = jax.ShapeDtypeStruct((size,), jnp.float32, sharding=bs)
         return batch
 
+    def trace_train(self, batch_size: int):
+        """The train step traced at a global batch (`.lower().compile()` compiles it)."""
+        return self.train.trace(self.state, self._batch(batch_size, mask=False))
+
     def train_report(self, batch_size: int) -> StepReport:
-        return compile_report(self.train.trace(self.state, self._batch(batch_size, mask=False)))
+        return compile_report(self.trace_train(batch_size))
 
     def eval_report(self, batch_size: int) -> StepReport:
         return compile_report(self.evaluate.trace(self.state, self._batch(batch_size, mask=True)))

@@ -55,6 +55,8 @@ class Slice:
     chips: int
     shape: tuple[int, ...]
     chips_per_host: tuple[int, int, int]
+    platform = "tpu"
+    unit = "chip"
 
     @property
     def topology_name(self) -> str:
@@ -69,8 +71,13 @@ class Slice:
         return self.generation.hbm_bytes
 
     def describe(self) -> str:
-        return (f"{self.name} ({self.chips} chip{'s' * (self.chips > 1)}, {self.hosts} "
-                f"host{'s' * (self.hosts > 1)}, {self.hbm_bytes / GIB:.0f} GiB HBM per chip)")
+        return describe_target(self.name, self.chips, self.unit, self.hosts, self.hbm_bytes)
+
+
+def describe_target(name: str, chips: int, noun: str, hosts: int, hbm_bytes: int) -> str:
+    """'<name> (<chips> <noun>s, <hosts> hosts, <GiB> GiB HBM per <noun>)'."""
+    return (f"{name} ({chips} {noun}{'s' * (chips > 1)}, {hosts} host{'s' * (hosts > 1)}, "
+            f"{hbm_bytes / GIB:.0f} GiB HBM per {noun})")
 
 
 def _host_bounds(gen: Generation, shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -88,10 +95,21 @@ def supported_names() -> str:
             "(N chips: 1, 4, 8, 16, ..., 256)")
 
 
+def split_name(name: str) -> tuple[str, str]:
+    """('v5litepod', '8') of 'v5litepod-8': the lower-case kind and the count, as given."""
+    prefix, _, count = name.strip().lower().rpartition("-")
+    return prefix, count
+
+
+def generation(prefix: str) -> Generation | None:
+    """The TPU generation an accelerator type's prefix names (gcloud's aliases too), or None."""
+    return GENERATIONS.get(_ALIASES.get(prefix, prefix))
+
+
 def parse_slice(name: str) -> Slice:
     """The slice an accelerator type names; UserError naming the accepted forms otherwise."""
-    prefix, _, count = name.strip().lower().rpartition("-")
-    gen = GENERATIONS.get(_ALIASES.get(prefix, prefix))
+    prefix, count = split_name(name)
+    gen = generation(prefix)
     if gen is None or not count.isdigit():
         raise UserError(f"--topology={name!r} is not a TPU accelerator type; give "
                         f"{supported_names()}")
