@@ -13,115 +13,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
-from typing import Any, Callable
+from typing import Any
 
 import ml_collections
 
 from igc_jax import data, models
-from igc_jax.configs import DTYPES, LR_SCHEDULES, base_config
+from igc_jax.configs import base_config, schema
 from igc_jax.errors import UserError
 from igc_jax.igc.layers import MODE_NAMES
 
-BATCH_NORMS = ("global", "per_device")
-_PROFILE_STEPS = re.compile(r"^(\d+):(\d+)$")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-
-def _int(low: int) -> Callable[[str, Any], None]:
-    def check(key: str, v: Any) -> None:
-        if not _is_int(v) or v < low:
-            raise UserError(f"{key} must be an integer >= {low}, got {v!r}")
-    return check
-
-
-def _number(low: float, high: float = math.inf, *, open_low: bool = False,
-            open_high: bool = False) -> Callable[[str, Any], None]:
-    def check(key: str, v: Any) -> None:
-        ok = _is_number(v) and (v > low if open_low else v >= low) and (
-            v < high if open_high else v <= high)
-        if not ok:
-            span = (f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
-                    if high != math.inf else f"{'>' if open_low else '>='} {low}")
-            raise UserError(f"{key} must be a finite number {span}, got {v!r}")
-    return check
-
-
-def _choice(allowed: tuple[str, ...]) -> Callable[[str, Any], None]:
-    def check(key: str, v: Any) -> None:
-        if v not in allowed:
-            raise UserError(f"unknown {key} {v!r}; choose from {', '.join(allowed)}")
-    return check
-
-
-def _bool(key: str, v: Any) -> None:
-    if not isinstance(v, bool):
-        raise UserError(f"{key} must be True or False, got {v!r}")
-
-
-def _str(key: str, v: Any) -> None:
-    if not isinstance(v, str):
-        raise UserError(f"{key} must be a string, got {v!r}")
-
-
-def _any_int(key: str, v: Any) -> None:
-    if not _is_int(v):
-        raise UserError(f"{key} must be an integer, got {v!r}")
-
-
-def _num_workers(key: str, v: Any) -> None:
-    if not _is_int(v) or v < -1:
-        raise UserError(f"{key} must be -1 (auto: sized to the CPUs) or an integer >= 0, "
-                        f"got {v!r}")
-
-
-def _profile_steps(key: str, v: Any) -> None:
-    if v == "":
-        return
-    m = _PROFILE_STEPS.match(v) if isinstance(v, str) else None
-    if m is None or int(m.group(1)) >= int(m.group(2)):
-        raise UserError(f"{key} must be empty or 'START:STOP' with 0 <= START < STOP, got {v!r}")
-
-
-# Every field of `configs.base_config` but `model.*` (which `models.validate_model_config` checks).
-FIELDS: dict[str, Callable[[str, Any], None]] = {
-    "seed": _int(0),
-    "dataset.name": _choice(data.DATASETS),
-    "dataset.data_dir": _str,
-    "dataset.num_classes": _int(1),
-    "dataset.image_size": _int(1),
-    "dataset.normalization": _choice(tuple(data.NORMALIZATION)),
-    "dataset.augment": _choice(data.AUGMENTATIONS),
-    "dataset.color_jitter": _number(0.0, 1.0),
-    "dataset.num_workers": _num_workers,
-    "batch_size": _int(1),
-    "eval_batch_size": _int(1),
-    "num_epochs": _number(0.0),
-    "num_train_steps": _any_int,
-    "learning_rate": _number(0.0, open_low=True),
-    "momentum": _number(0.0, 1.0, open_high=True),
-    "nesterov": _bool,
-    "weight_decay": _number(0.0),
-    "lr_schedule": _choice(LR_SCHEDULES),
-    "warmup_epochs": _number(0.0),
-    "dtype": _choice(DTYPES),
-    "conv_mode": _choice(MODE_NAMES),
-    "batch_norm": _choice(BATCH_NORMS),
-    "log_every_steps": _int(1),
-    "eval_every_steps": _int(0),
-    "checkpoint_every_steps": _int(1),
-    "keep_checkpoints": _int(1),
-    "sigterm_check_every_steps": _int(1),
-    "profile_steps": _profile_steps,
-    "max_train_seconds": _number(0.0),
-}
+# The allowed values the schema names by vocabulary, from the layers that own them.
+VOCABULARIES = {"datasets": tuple(data.DATASETS), "normalizations": tuple(data.NORMALIZATION),
+                "augmentations": tuple(data.AUGMENTATIONS), "conv_modes": tuple(MODE_NAMES)}
 
 
 def _flat_keys(d: Any, prefix: str = "") -> list[str]:
@@ -144,15 +47,15 @@ def _get(config: Any, key: str) -> Any:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raise UserError with a one-line message on the first bad field or combination."""
     given = _flat_keys(config)
-    known = set(FIELDS) | {"model"} | set(_flat_keys(base_config()))
+    known = {f.key for f in schema.FIELDS} | {"model"}
     if unknown := sorted(set(given) - known):
         raise UserError(f"the config has unknown field(s) {', '.join(unknown)}; "
                         f"its fields are those of igc_jax.configs.base_config()")
     if missing := sorted(k for k in _flat_keys(base_config()) if k not in given):
         raise UserError(f"the config lacks field(s) {', '.join(missing)}; start it from "
                         f"igc_jax.configs.base_config()")
-    for key, check in FIELDS.items():
-        check(key, _get(config, key))
+    for field in schema.FIELDS:
+        schema.check_field(field.key, _get(config, field.key), VOCABULARIES)
     if config.num_train_steps <= 0 and config.num_epochs <= 0:
         raise UserError(f"set num_epochs > 0 or num_train_steps > 0 (got num_epochs="
                         f"{config.num_epochs}, num_train_steps={config.num_train_steps})")
