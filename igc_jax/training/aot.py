@@ -105,6 +105,8 @@ def tpu_devices(slc: Slice) -> list:
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", slc.name)
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    # Another process compiling for TPU (pytest -n 2, a benchmark) holds libtpu's lock file.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     topology = topologies.get_topology_desc(
         topology_name=slc.topology_name, platform="tpu",
         chip_config_name=slc.generation.chip_config, chips_per_host_bounds=slc.chips_per_host,
