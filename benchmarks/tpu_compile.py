@@ -60,10 +60,13 @@ def satisfied(job: tuple[str, str, bool], rows: list[dict[str, Any]]) -> bool:
                and ("max_batch" in r or not max_batch) for r in rows)
 
 
-def run_job(config: str, topology: str, max_batch: bool, out: Path) -> dict[str, Any]:
+def run_job(config: str, topology: str, max_batch: bool, out: Path,
+            max_compiles: int) -> dict[str, Any]:
     """One `python -m igc_jax.compile` in its own process (a fresh compiler each time)."""
     cmd = [sys.executable, "-m", "igc_jax.compile", f"--config={config}",
-           f"--topology={topology}", f"--json={out}"] + (["--max_batch"] if max_batch else [])
+           f"--topology={topology}", f"--json={out}"]
+    if max_batch:
+        cmd += ["--max_batch", f"--max_batch_compiles={max_compiles}"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {r.returncode}:\n{r.stderr[-3000:]}")
@@ -128,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default="", help="run only configs whose path contains this")
     parser.add_argument("--no-max-batch", action="store_true", help="skip the batch searches")
     parser.add_argument("--rerun", action="store_true", help="ignore the saved results")
+    parser.add_argument("--max-batch-compiles", type=int, default=5,
+                        help="compiles per largest-batch search (the config's batch included)")
     parser.add_argument("--out", type=Path, default=RESULTS / "tpu_compile")
     args = parser.parse_args(argv)
     import importlib.metadata
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.only not in config or satisfied((config, topology, max_batch), rows):
             continue
         print(f"{config} on {topology}{' (largest batch)' if max_batch else ''} ...", flush=True)
-        row = run_job(config, topology, max_batch, tmp)
+        row = run_job(config, topology, max_batch, tmp, args.max_batch_compiles)
         rows.append(row)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
