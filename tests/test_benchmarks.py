@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+import types
 
+import jax.numpy as jnp
 import pytest
 
-from benchmarks import gpu, run
+from benchmarks import gpu, roofline, run
 from igc_jax.igc import layers, modes, native
 
 
@@ -60,9 +62,30 @@ def test_gpu_script_flags_a_mode_that_computes_the_wrong_layer(monkeypatch):
     assert "**WRONG**" in "\n".join(gpu.layer_tables(rows))
 
 
-def test_torch_peer_runs_where_jax_runs(monkeypatch):
-    """The GPU suite's PyTorch column must time PyTorch on the GPU, not on the host."""
-    assert run.torch_device("gpu") == "cuda" and run.torch_device("cpu") == "cpu"
+@pytest.mark.parametrize("suite, device", [("gpu", "cuda"), ("cpu", "cpu")])
+def test_suite_times_the_torch_peer_where_jax_runs(monkeypatch, suite, device):
+    """The GPU suite's PyTorch column must time PyTorch on the GPU, not on the host: every
+    PyTorch timing that the suite's layer and step benchmarks ask for names the suite's device."""
+    seen = []
+
+    def times(*args, device, **kwargs):
+        seen.append(device)
+        return [1e-3]
+
+    fake_peer = types.SimpleNamespace(igc_layer_times=times, train_step_times=times,
+                                      build=lambda cfg: types.SimpleNamespace(parameters=list))
+    monkeypatch.setattr(run, "modes_for", lambda suite: [])     # no JAX layer timings
+    monkeypatch.setattr(run, "time_jax_step", lambda *a, **k: {"best_ms": 1.0})
+    monkeypatch.setattr(run, "step_roofline", lambda *a: {"step_macs": 1, "roofline_ms": 1.0})
+    ceil = roofline.Ceilings(macs_per_s=1e12, bytes_per_s=1e11)
+    for bench in (run.bench_layers, run.bench_steps):
+        bench(suite, True, jnp.float32, ceil, fake_peer, 1, math.inf, log=lambda line: None)
+    assert len(seen) == 2 * len(run.layer_shapes(suite, True)) + len(run.networks(suite, True))
+    assert set(seen) == {device}
+
+
+def test_torch_peer_runs_where_it_is_told(monkeypatch):
+    """benchmarks/torch_peer.py moves its network to the device it is given."""
     torch_peer = pytest.importorskip("benchmarks.torch_peer")
     seen = []
     original = torch_peer.torch.nn.Module.to

@@ -22,10 +22,6 @@ LM = ROOT / "experiments" / "cifar100_lm_sweep.py"
 DEPTH = ROOT / "experiments" / "cifar_depth_sweep.py"
 
 
-def test_both_sweep_files_exist():
-    assert {p.name for p in SWEEP_FILES} >= {"cifar100_lm_sweep.py", "cifar_depth_sweep.py"}
-
-
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
 def test_every_point_builds_and_validates(path):
     module = sweep.load_sweep_module(str(path))

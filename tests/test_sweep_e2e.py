@@ -2,7 +2,6 @@
 `igc_jax.sweep` skips both, and the report over the sweep root has both rows and every plot."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,11 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("igc_jax.training.loop") is None,
-                       reason="igc_jax.training.loop (the training loop) does not exist"),
-]
+pytestmark = pytest.mark.slow
 
 # Two points on the quick-start config (digits, 8×8): an IGC net and a RegConv net, both D=5.
 SWEEP = '''

@@ -217,11 +217,6 @@ def _run_case(name: str, root: Path, base: Path) -> tuple[str, subprocess.Comple
     return name, r, before, _tree_hash(wd), tmp
 
 
-def test_table_has_enough_distinct_cases():
-    assert len(CASES) >= 25
-    assert len({repr(c[0]) if not callable(c[0]) else c[0] for c in CASES.values()}) == len(CASES)
-
-
 def test_every_bad_input_is_one_line_exit_2_and_leaves_the_workdir_unchanged(
         tmp_path, run_with_checkpoints):
     failures = []
