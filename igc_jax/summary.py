@@ -229,6 +229,8 @@ def main(argv) -> None:
         return
     if FLAGS.config is None:
         fail("give --config=<experiment file>[:arg] or --paper")
+    from igc_jax.training.validate import validate
+    validate(FLAGS.config)  # a bad field is the user's one line, before any model is built
     rows, total = summarize(FLAGS.config)
     if FLAGS.json:
         print(json.dumps(total))

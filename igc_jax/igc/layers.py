@@ -39,12 +39,17 @@ def check_layer_geometry(kernel_size: Sequence[int], strides: Sequence[int]) -> 
         raise ValueError(f"IGC layer: strides {tuple(strides)} must be two integers ≥ 1")
 
 
-def resolve_mode(mode: str, shape: LayerShape, context: ModeContext | None) -> str:
-    """The concrete mode of one layer: `mode` itself, or for `auto` `select.select_mode`'s choice
-    in `context` (default: this process's `select.detect_context()`)."""
+def check_mode(mode: str) -> None:
+    """ValueError unless `mode` is `auto` or a computation mode (the layer's precondition)."""
     if mode not in MODE_NAMES:
         raise ValueError(f"unknown IGC computation mode {mode!r}; choose from "
                          f"{', '.join(MODE_NAMES)}")
+
+
+def resolve_mode(mode: str, shape: LayerShape, context: ModeContext | None) -> str:
+    """The concrete mode of one layer: `mode` itself, or for `auto` `select.select_mode`'s choice
+    in `context` (default: this process's `select.detect_context()`)."""
+    check_mode(mode)
     if mode != "auto":
         return mode
     return select.select_mode(shape, context or select.detect_context())

@@ -4,7 +4,8 @@ A model config is flat: `name` plus the constructor's keyword arguments, e.g.
   {"name": "cifar_igc", "depth": 20, "L": 24, "M": 2, "residual": False}
   {"name": "imagenet_igc_resnet18", "stem_width": 100, "widths": (200, 400, 800, 1600),
    "L": (100, 200, 400, 800)}
-Every constructor checks its arguments and raises a one-line UserError, so
+Every constructor checks its arguments and raises a one-line ValueError (the command line's
+`igc_jax.training.validate` turns it into the user's one-line error), so
 `validate_model_config` is "known name, known fields, constructor accepts them", with nothing
 traced or compiled.
 """
@@ -18,11 +19,10 @@ import jax.numpy as jnp
 
 from igc_jax.configs.networks import (IMAGENET_NETWORKS, cifar_model, imagenet_model,
                                       network_name)
-from igc_jax.igc.layers import MODE_NAMES
+from igc_jax.igc.layers import check_mode
 from igc_jax.igc.select import ModeContext
 from igc_jax.models import cifar, imagenet
 from igc_jax.models.blocks import Compute
-from igc_jax.errors import UserError
 
 __all__ = ["IMAGENET_NETWORKS", "MODELS", "build_model", "cifar_model", "imagenet_model",
            "network_name", "validate_model_config"]
@@ -49,24 +49,22 @@ def _make(model_cfg: Mapping[str, Any], *, num_classes: int, dtype: Any,
           compute: Compute) -> nn.Module:
     name = model_cfg.get("name", "")
     if name not in MODELS:
-        raise UserError(f"unknown model name {name!r}; choose from {', '.join(MODELS)}")
+        raise ValueError(f"unknown model name {name!r}; choose from {', '.join(MODELS)}")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise UserError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if compute.conv_mode not in MODE_NAMES:
-        raise UserError(f"unknown IGC computation mode {compute.conv_mode!r}; choose from "
-                        f"{', '.join(MODE_NAMES)}")
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    check_mode(compute.conv_mode)
     fields, required = _constructor_fields(MODELS[name])
     given = {k: v for k, v in dict(model_cfg).items() if k != "name"}
     if unknown := sorted(set(given) - fields):
-        raise UserError(f"model {name!r} has no field(s) {', '.join(unknown)}; "
+        raise ValueError(f"model {name!r} has no field(s) {', '.join(unknown)}; "
                         f"its fields are {', '.join(sorted(fields))}")
     if missing := sorted(required - set(given)):
-        raise UserError(f"model {name!r} needs field(s) {', '.join(missing)}")
+        raise ValueError(f"model {name!r} needs field(s) {', '.join(missing)}")
     return MODELS[name](**given, num_classes=num_classes, dtype=dtype, compute=compute)
 
 
 def validate_model_config(model_cfg: Mapping[str, Any], *, num_classes: int) -> None:
-    """Raise a one-line UserError if `build_model` would reject this model config."""
+    """Raise a one-line ValueError if `build_model` would reject this model config."""
     _make(model_cfg, num_classes=num_classes, dtype=jnp.float32, compute=Compute())
 
 

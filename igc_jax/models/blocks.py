@@ -15,7 +15,6 @@ import jax.numpy as jnp
 
 from igc_jax.igc.layers import BatchNorm, IGCConv, PointwiseConv, he_normal, same_padding
 from igc_jax.igc.select import ModeContext
-from igc_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +45,9 @@ INITS = ("he_normal", "torch_default")
 
 
 def check_init(init: str) -> None:
-    """UserError unless `init` is one of INITS."""
+    """ValueError unless `init` is one of INITS."""
     if init not in INITS:
-        raise UserError(f"model.init must be one of {', '.join(INITS)}, got {init!r}")
+        raise ValueError(f"model.init must be one of {', '.join(INITS)}, got {init!r}")
 
 
 def conv_init(init: str) -> Callable:
@@ -132,7 +131,7 @@ def is_positive_int(value: Any) -> bool:
 
 
 def check_positive_ints(**values: Any) -> None:
-    """UserError naming the first field that breaks `is_positive_int`."""
+    """ValueError naming the first field that breaks `is_positive_int`."""
     for key, value in values.items():
         if not is_positive_int(value):
-            raise UserError(f"model.{key} must be a positive integer, got {value!r}")
+            raise ValueError(f"model.{key} must be a positive integer, got {value!r}")

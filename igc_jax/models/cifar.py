@@ -14,7 +14,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from igc_jax.models import blocks
-from igc_jax.errors import UserError
 
 NUM_STAGES = 3
 # BatchNorm running-average momentum of the official code: plain nets 0.99, residual nets 0.9.
@@ -29,7 +28,7 @@ def blocks_per_stage(depth: int, residual: bool) -> int:
     if depth < 2 + NUM_STAGES * per_block or layers % (NUM_STAGES * per_block):
         form = "6B+2, B ≥ 1 (e.g. 8, 20, 26)" if residual else "3B+2, B ≥ 1 (e.g. 8, 20, 26)"
         kind = "residual" if residual else "plain"
-        raise UserError(f"depth {depth} is not of the form {form} for a {kind} CIFAR network")
+        raise ValueError(f"depth {depth} is not of the form {form} for a {kind} CIFAR network")
     return layers // (NUM_STAGES * per_block)
 
 

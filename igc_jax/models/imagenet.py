@@ -15,7 +15,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from igc_jax.models import blocks
-from igc_jax.errors import UserError
 
 NUM_STAGES = 4
 UNITS_PER_STAGE = 2
@@ -79,12 +78,12 @@ def igc_resnet18(*, stem_width: int, widths: Sequence[int], L: Sequence[int],
     blocks.check_init(init)
     if not isinstance(L, (tuple, list)) or len(L) != NUM_STAGES or not all(
             map(blocks.is_positive_int, L)):
-        raise UserError(f"model.L must be {NUM_STAGES} positive integers (one per stage), got {L}")
+        raise ValueError(f"model.L must be {NUM_STAGES} positive integers (one per stage), got {L}")
     c_in = stem_width
     for s, (width, groups) in enumerate(zip(widths, L), start=1):
         for what, channels in (("input", c_in), ("width", width)):
             if channels % groups:
-                raise UserError(f"stage {s}: {what} {channels} channels are not divisible by "
+                raise ValueError(f"stage {s}: {what} {channels} channels are not divisible by "
                                 f"L={groups}")
         c_in = width
     return ResNet18(stem_width=stem_width, widths=widths, num_classes=num_classes, L=tuple(L),
@@ -95,5 +94,5 @@ def _check_widths(stem_width: int, widths: Sequence[int]) -> tuple[int, ...]:
     blocks.check_positive_ints(stem_width=stem_width)
     if not isinstance(widths, (tuple, list)) or len(widths) != NUM_STAGES or not all(
             map(blocks.is_positive_int, widths)):
-        raise UserError(f"model.widths must be {NUM_STAGES} positive integers, got {widths!r}")
+        raise ValueError(f"model.widths must be {NUM_STAGES} positive integers, got {widths!r}")
     return tuple(widths)

@@ -64,7 +64,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
                         f"{config.num_epochs}")
     if not isinstance(config.model, (dict, ml_collections.ConfigDict)):
         raise UserError(f"model must be a dict of the network's fields, got {config.model!r}")
-    models.validate_model_config(config.model, num_classes=config.dataset.num_classes)
+    try:  # the constructors' own checks (ValueError), as the user's one line
+        models.validate_model_config(config.model, num_classes=config.dataset.num_classes)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def check_distributed_flags(coordinator_address: str | None, num_processes: int | None,
