@@ -96,8 +96,9 @@ def _compile_cli(*flags: str, timeout: float = 900) -> subprocess.CompletedProce
 @pytest.mark.parametrize("overrides, topology, message", [
     ({}, "v5litepod-7", "v5e slices come in sizes"),
     ({}, "gpu-8", "is not a TPU accelerator type"),
-    ({"batch_size": 60}, "v5litepod-8", "batch_size=60 is not divisible by the slice's 8 chips"),
-    ({"eval_batch_size": 100}, "v4-32", "eval_batch_size=100 is not divisible by the slice's 16 "
+    ({"batch_size": 60}, "v5litepod-8", "batch_size=60 is not divisible by the 8 chips of "
+                                          "v5litepod-8"),
+    ({"eval_batch_size": 100}, "v4-32", "eval_batch_size=100 is not divisible by the 16 "
                                         "chips"),
     ({"conv_mode": "native"}, "v4-8", "cannot compile for TPU"),
     ({"learning_rate": -1.0}, "v4-8", "learning_rate"),
@@ -114,7 +115,7 @@ def test_bad_input_is_one_line_and_exit_2():
                      "--config.batch_size=60", timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.strip().splitlines() == [
-        "error: batch_size=60 is not divisible by the slice's 8 chips; pass "
+        "error: batch_size=60 is not divisible by the 8 chips of v5litepod-8; pass "
         "--config.batch_size=<a multiple of 8>"]
 
 
@@ -187,7 +188,7 @@ def test_bad_target_names_are_one_user_error(name, message):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"batch_size": 60}, "batch_size=60 is not divisible by the target's 16 GPUs; pass "
+    ({"batch_size": 60}, "batch_size=60 is not divisible by the 16 GPUs of h100-16; pass "
                          "--config.batch_size=<a multiple of 16>"),
     ({"conv_mode": "native"}, "cannot compile for GPU")])
 def test_bad_gpu_input_is_refused_before_compiling(overrides, message):

@@ -139,12 +139,10 @@ def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
 
 
 def check_batch(config: ml_collections.ConfigDict, target: Target) -> None:
-    """Both global batches split evenly over the slice's chips (the target's GPUs)."""
-    n, owner = target.chips, "slice" if target.platform == "tpu" else "target"
-    for key in ("batch_size", "eval_batch_size"):
-        if config[key] % n:
-            raise UserError(f"{key}={config[key]} is not divisible by the {owner}'s {n} "
-                            f"{target.unit}s; pass --config.{key}=<a multiple of {n}>")
+    """Both global batches split evenly over the slice's chips (the target's GPUs) and hosts."""
+    from igc_jax.training.validate import check_batch_split
+    check_batch_split(config, ((target.chips, f"{target.unit}s of {target.name}"),
+                               (target.hosts, f"hosts of {target.name}")))
 
 
 def check_mode(conv_mode: str, target: Target) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import ml_collections
 
@@ -137,14 +137,21 @@ def check_native(conv_mode: str) -> None:
                         "use conv_mode='auto' (it picks the pure-XLA modes)")
 
 
+def check_batch_split(config: ml_collections.ConfigDict, counts: Sequence[tuple[int, str]],
+                      keys: Sequence[str] = ("batch_size", "eval_batch_size")) -> None:
+    """Each global batch of `keys` divides evenly by every (count, what) of `counts`: the
+    devices and processes of this run, or the chips of a slice being compiled for."""
+    for key in keys:
+        for count, what in counts:
+            if config[key] % count:
+                raise UserError(f"{key}={config[key]} is not divisible by the {count} {what}; "
+                                f"pass --config.{key}=<a multiple of {count}>")
+
+
 def check_batches(config: ml_collections.ConfigDict, info: data.DatasetInfo, num_devices: int,
                   num_processes: int) -> None:
     """Both batches split evenly over devices and processes; the training split fills a batch."""
-    for key in ("batch_size", "eval_batch_size"):
-        value = config[key]
-        for count, what in ((num_devices, "devices"), (num_processes, "processes")):
-            if value % count:
-                raise UserError(f"{key}={value} is not divisible by the {count} {what}")
+    check_batch_split(config, ((num_devices, "devices"), (num_processes, "processes")))
     if config.batch_size > info.num_train:
         raise UserError(f"batch_size={config.batch_size} exceeds the {info.num_train} training "
                         f"examples of {info.name}")
