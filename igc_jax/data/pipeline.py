@@ -88,13 +88,14 @@ def _auto_workers(augment: str, cpus: int) -> int:
 
 
 def _local_batch(global_batch: int, process_index: int, process_count: int, what: str) -> int:
-    """The per-process share of a global batch; UserError when it does not split evenly."""
+    """The per-process share of a global batch (the precondition: it splits evenly; the command
+    line checks it first, igc_jax.training.validate.check_batch_split)."""
     if process_count < 1 or not 0 <= process_index < process_count:
-        raise UserError(f"process_index={process_index} is not in "
+        raise ValueError(f"process_index={process_index} is not in "
                          f"[0, process_count={process_count})")
     if global_batch <= 0 or global_batch % process_count:
-        raise UserError(f"{what}={global_batch} is not a positive multiple of the "
-                        f"{process_count} processes")
+        raise ValueError(f"{what}={global_batch} is not a positive multiple of the "
+                         f"{process_count} processes")
     return global_batch // process_count
 
 
