@@ -1,7 +1,9 @@
 """Convert a released MXNet model:
 `python -m igc_jax.convert_mxnet --symbol=... --params=... --out=...`.
 
-Thin on purpose: the format reader is `igc_jax.mxnet.format`, the converter `igc_jax.mxnet.convert`.
+Thin on purpose: the format reader is `igc_jax.mxnet.format`, the graph parser
+`igc_jax.mxnet.symbol`, the model inference `igc_jax.mxnet.infer`, the array mapping
+`igc_jax.mxnet.convert` and the output directory `igc_jax.mxnet.saved`.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from igc_jax.errors import UserError, fail
-from igc_jax.mxnet import convert
+from igc_jax.mxnet import convert, saved
 from igc_jax.mxnet import format as mxnet_format
 
 
@@ -40,13 +42,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         from igc_jax.training.validate import check_workdir
         check_workdir(str(args.out), "--out")
         variables, converted = convert.convert_model(symbol, mxnet_format.load_params(args.params))
-        out = convert.save_converted(args.out, variables, converted,
-                                     {"symbol": args.symbol.name, "params": args.params.name})
+        out = saved.save_converted(args.out, variables, converted,
+                                   {"symbol": args.symbol.name, "params": args.params.name})
     except UserError as e:  # anything else is a bug: its traceback, exit 1
         fail(str(e))
     import jax
     count = sum(a.size for a in jax.tree.leaves(variables["params"]))
-    info = convert.load_converted_info(out)
+    info = saved.load_converted_info(out)
     print(f"converted {args.params.name}: {info['model']} ({converted.num_classes} classes, "
           f"{converted.image_size}×{converted.image_size}, {count:,} parameters)")
     print(f"model config: {info['experiment'] or 'no experiments/imagenet_*.py has this model'}")

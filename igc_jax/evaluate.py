@@ -68,17 +68,17 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint_dir: str) 
     import jax
     import jax.numpy as jnp
 
-    from igc_jax.mxnet import convert as convert_mxnet
+    from igc_jax.mxnet import saved
     from igc_jax.training import loop, sharding, steps
     from igc_jax.training.validate import validate
 
     validate(config)
-    info = convert_mxnet.load_converted_info(checkpoint_dir)
+    info = saved.load_converted_info(checkpoint_dir)
     if info["num_classes"] != config.dataset.num_classes:
         raise UserError(f"the checkpoint has {info['num_classes']} classes, the config "
                         f"{config.dataset.num_classes}")
     warn_normalization(config, info)
-    variables = convert_mxnet.load_converted(checkpoint_dir)
+    variables = saved.load_converted(checkpoint_dir)
     model = steps.make_model(config)
     size = config.dataset.image_size
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)

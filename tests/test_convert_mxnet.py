@@ -21,6 +21,9 @@ from igc_jax import configs, evaluate, models
 from igc_jax import convert_mxnet as convert_cli
 from igc_jax.mxnet import convert as convert_mxnet
 from igc_jax.mxnet import format as mxnet_format
+from igc_jax.mxnet import infer as mxnet_infer
+from igc_jax.mxnet import saved as mxnet_saved
+from igc_jax.mxnet import symbol as mxnet_symbol
 from igc_jax.data import NORMALIZATION
 from igc_jax.igc.layers import BatchNorm, IGCConv, same_padding
 
@@ -85,7 +88,7 @@ def test_fixture_models_are_the_expected_configs():
     }
     for name, (model, num_classes, size) in expected.items():
         symbol, _, _ = load_fixture(name)
-        got = convert_mxnet.model_config(convert_mxnet.parse_symbol(symbol))
+        got = mxnet_infer.model_config(mxnet_symbol.parse_symbol(symbol))
         assert (got.model, got.num_classes, got.image_size) == (model, num_classes, size), name
 
 
@@ -95,13 +98,13 @@ def test_cli_writes_a_checkpoint_that_loads_back_exactly(tmp_path, capsys):
     convert_cli.main([f"--symbol={symbol_path}", f"--params={params_path}",
                         f"--out={tmp_path}/c"])
     assert "written to" in capsys.readouterr().out
-    loaded = convert_mxnet.load_converted(tmp_path / "c")
+    loaded = mxnet_saved.load_converted(tmp_path / "c")
     direct = convert_mxnet.convert(symbol_path, params_path)
     flat_loaded, flat_direct = (jax.tree_util.tree_leaves_with_path(t) for t in (loaded, direct))
     assert [p for p, _ in flat_loaded] == [p for p, _ in flat_direct]
     for (path, a), (_, b) in zip(flat_loaded, flat_direct):
         np.testing.assert_array_equal(np.asarray(a), b, err_msg=str(path))
-    info = convert_mxnet.load_converted_info(tmp_path / "c")
+    info = mxnet_saved.load_converted_info(tmp_path / "c")
     assert info["model"]["name"] == "cifar_igc" and info["image_size"] == 32
     assert info["source"] == {"symbol": symbol_path.name, "params": params_path.name}
     with pytest.raises(SystemExit):  # the output directory is never overwritten
@@ -232,8 +235,8 @@ def test_released_symbol_has_exactly_the_igc_jax_layers(stem):
     assert fc == want_fc == (fc[0], 1000)
     assert count == want_count
     # The converter reads the same network from the symbol and records this experiments file.
-    converted = convert_mxnet.model_config(convert_mxnet.parse_symbol(symbol))
-    assert convert_mxnet.matching_experiment(converted) == f"experiments/{RELEASED[stem]}"
+    converted = mxnet_infer.model_config(mxnet_symbol.parse_symbol(symbol))
+    assert mxnet_infer.matching_experiment(converted) == f"experiments/{RELEASED[stem]}"
     assert converted.image_size == config.dataset.image_size == 224
 
 
@@ -242,17 +245,17 @@ def test_released_symbols_convert_every_array():
     """Arrays of the shapes each released symbol implies fill every variable of its network."""
     for stem in sorted(RELEASED):
         symbol = json.loads((OFFICIAL / f"{stem}-symbol.json").read_text())
-        network = convert_mxnet.parse_symbol(symbol)
+        network = mxnet_symbol.parse_symbol(symbol)
         arrays = {}
         for layer in network.layers():
-            convs = ((layer.primary, layer.secondary) if isinstance(layer, convert_mxnet.IGC)
-                     else (layer,) if isinstance(layer, convert_mxnet.Conv) else ())
+            convs = ((layer.primary, layer.secondary) if isinstance(layer, mxnet_symbol.IGC)
+                     else (layer,) if isinstance(layer, mxnet_symbol.Conv) else ())
             arrays.update({f"arg:{c.weight}": np.zeros(c.weight_shape, np.float32) for c in convs})
-            if isinstance(layer, convert_mxnet.BatchNorm):
+            if isinstance(layer, mxnet_symbol.BatchNorm):
                 for kind, name in (("arg", layer.gamma), ("arg", layer.beta), ("aux", layer.mean),
                                    ("aux", layer.var)):
                     arrays[f"{kind}:{name}"] = np.zeros(layer.channels, np.float32)
-            if isinstance(layer, convert_mxnet.Dense):
+            if isinstance(layer, mxnet_symbol.Dense):
                 arrays[f"arg:{layer.weight}"] = np.zeros((layer.c_out, layer.c_in), np.float32)
                 arrays[f"arg:{layer.bias}"] = np.zeros(layer.c_out, np.float32)
         variables, converted = convert_mxnet.convert_model(symbol, arrays)
@@ -276,7 +279,7 @@ def test_evaluate_reproduces_mxnet_top1_and_top5(tmp_path):
     convert_cli.main([f"--symbol={FIXTURES / f'{name}-symbol.json'}",
                         f"--params={FIXTURES / f'{name}-0000.params'}", f"--out={tmp_path}/ckpt"])
     config = configs.base_config()
-    config.model = convert_mxnet.load_converted_info(tmp_path / "ckpt")["model"]
+    config.model = mxnet_saved.load_converted_info(tmp_path / "ckpt")["model"]
     config.dataset.update(name="arrays", data_dir=str(tmp_path / "data"), num_classes=10,
                           image_size=64, normalization="imagenet", augment="none")
     config.eval_batch_size = 2  # two batches, the second padded: padding must not count
@@ -299,7 +302,7 @@ def test_evaluate_refuses_a_checkpoint_of_another_network(tmp_path):
 def test_evaluate_warns_when_the_config_normalises_otherwise_than_training(capsys):
     config = configs.base_config()
     config.dataset.normalization = "imagenet"
-    evaluate.warn_normalization(config, {"preprocessing": convert_mxnet.RELEASED_PREPROCESSING})
+    evaluate.warn_normalization(config, {"preprocessing": mxnet_saved.RELEASED_PREPROCESSING})
     assert "trained on inputs normalised with mean [123.37, 112.757, 99.406]" in \
         capsys.readouterr().err
     evaluate.warn_normalization(config, {"preprocessing": None})
@@ -331,9 +334,9 @@ def test_matching_experiment_table_names_the_files_that_build_those_models():
 
     for network, path in IMAGENET_EXPERIMENTS.items():
         config = configs.load_config(EXPERIMENTS.parent / path)
-        converted = convert_mxnet.ConvertedModel(model=dict(IMAGENET_NETWORKS[network]),
-                                                 num_classes=1000, image_size=224)
+        converted = mxnet_infer.ConvertedModel(model=dict(IMAGENET_NETWORKS[network]),
+                                               num_classes=1000, image_size=224)
         model = config.model.to_dict()
         assert model.pop("init") == "he_normal", path        # how a run starts, not the network
         assert model == IMAGENET_NETWORKS[network], path
-        assert convert_mxnet.matching_experiment(converted) == path
+        assert mxnet_infer.matching_experiment(converted) == path

@@ -25,6 +25,7 @@ import numpy as np
 from igc_jax import models
 from igc_jax.mxnet import convert as convert_mxnet
 from igc_jax.mxnet import format as mxnet_format
+from igc_jax.mxnet import infer
 
 
 def compare(directory: Path, name: str, modes: list[str]) -> dict:
@@ -34,7 +35,7 @@ def compare(directory: Path, name: str, modes: list[str]) -> dict:
     with np.load(directory / f"{name}-logits.npz") as z:
         data, ref = z["data"].transpose(0, 2, 3, 1), z["logits"]
     row = {"symbol": f"{name}-symbol.json", "model": converted.model,
-           "experiment": convert_mxnet.matching_experiment(converted),
+           "experiment": infer.matching_experiment(converted),
            "parameters": int(sum(a.size for a in jax.tree.leaves(variables["params"]))),
            "images": int(data.shape[0]), "image_size": int(data.shape[1]),
            "max_abs_logit": float(np.abs(ref).max()), "modes": {}}

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from igc_jax import models
-from igc_jax.mxnet import convert
+from igc_jax.mxnet import saved
 from igc_jax.errors import UserError
 
 
@@ -55,12 +55,12 @@ class Pretrained:
 def load_pretrained(directory: str, conv_mode: str = "auto") -> Pretrained:
     """The model a `convert_mxnet` directory holds, with the preprocessing its model.json records
     (UserError when it records none: the inputs it expects are unknown)."""
-    info = convert.load_converted_info(directory)
+    info = saved.load_converted_info(directory)
     if not info.get("preprocessing"):
         raise UserError(f"{directory}/model.json records no preprocessing (not a released model); "
                         f"build it with igc_jax.build_model and normalise the inputs yourself")
     module = models.build_model(info["model"], num_classes=info["num_classes"],
                                 conv_mode=conv_mode)
-    return Pretrained(module=module, variables=convert.load_converted(directory),
+    return Pretrained(module=module, variables=saved.load_converted(directory),
                       image_size=info["image_size"], num_classes=info["num_classes"],
                       preprocessing=info["preprocessing"])

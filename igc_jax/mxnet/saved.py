@@ -1,0 +1,73 @@
+"""A converted model on disk: `save_converted` writes it, `load_converted(_info)` read it back.
+
+    <out>/variables/   orbax PyTree checkpoint (StandardCheckpointer) of
+                       {"params": ..., "batch_stats": ...}, float32
+    <out>/model.json   {"model": <model config>, "num_classes", "image_size", "experiment":
+                        experiments/<file>.py with this model or null, "preprocessing" (the
+                        released models' input normalisation, null for other networks),
+                        "source": {"symbol", "params"} file names}
+
+The released models were trained (the authors' train_imagenet.py, default `fb_mean=False`) on RGB
+inputs normalised with mean (123.370, 112.757, 99.406) and std (68.998, 66.093, 68.292) on the
+0–255 scale, evaluated on the centre 224 crop of images resized to short side 256; model.json
+records this.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from igc_jax.errors import UserError
+from igc_jax.mxnet.infer import ConvertedModel, matching_experiment, plain_config
+
+# The authors' ImageNet input normalisation (train_imagenet.py, fb_mean=False), 0–255 RGB.
+RELEASED_PREPROCESSING = {
+    "mean": [123.370, 112.757, 99.406],
+    "std": [68.998, 66.093, 68.292],
+    "eval": "resize the short side to 256, centre crop 224",
+    "source": "hellozting/InterleavedGroupConvolutions train_imagenet.py (fb_mean=False)",
+}
+
+
+def save_converted(out_dir: str | Path, variables: dict, converted: ConvertedModel,
+                   source: dict | None = None) -> Path:
+    """Write <out>/variables (orbax PyTree checkpoint) and <out>/model.json; returns <out>."""
+    import orbax.checkpoint as ocp
+
+    out = Path(out_dir).resolve()
+    if (out / "variables").exists():
+        raise UserError(f"{out / 'variables'} already exists; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(out / "variables", variables)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    experiment = matching_experiment(converted)
+    info = {"model": plain_config(converted.model), "num_classes": converted.num_classes,
+            "image_size": converted.image_size, "experiment": experiment,
+            # The released networks' training inputs; unknown for any other network.
+            "preprocessing": RELEASED_PREPROCESSING if experiment else None,
+            "source": source or {}}
+    (out / "model.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out
+
+
+def load_converted_info(directory: str | Path) -> dict:
+    """The model.json of a `save_converted` directory."""
+    path = Path(directory) / "model.json"
+    if not path.is_file():
+        raise UserError(f"{directory} is not a converted model (no model.json)")
+    return json.loads(path.read_text())
+
+
+def load_converted(directory: str | Path) -> dict:
+    """The {"params", "batch_stats"} a `save_converted` directory holds (numpy float32)."""
+    import orbax.checkpoint as ocp
+
+    path = Path(directory).resolve() / "variables"
+    if not path.is_dir():
+        raise UserError(f"{directory} is not a converted model (no variables/ checkpoint)")
+    checkpointer = ocp.StandardCheckpointer()
+    variables = checkpointer.restore(path)
+    checkpointer.close()
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
