@@ -1,15 +1,23 @@
 """What every command-line tool shares: flag parsing and user-error reporting.
 
 A bad flag, config override or config file is one line and exit 2 (`igc_jax.errors`); the tools
-(`main`, `evaluate`, `summary`, `sweep`, `report`, `convert_mxnet`) parse their flags here.
+(`main`, `evaluate`, `summary`, `compile`, `sweep`, `report`, `convert_mxnet`) parse their absl
+flags here. `main`, `evaluate`, `summary` and `compile` define theirs in absl's global registry
+and run through `app.run`; `sweep`, `report` and `convert_mxnet`, whose `main(args)` is also
+called in-process (tests, notebooks), keep theirs in a `FlagValues` of their own, so that they
+never collide with another tool's `--config` or `--out` and each call starts from the defaults.
 """
 from __future__ import annotations
 
 import functools
+import sys
 import textwrap
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 from igc_jax.errors import UserError, fail
+
+if TYPE_CHECKING:
+    from absl import flags as absl_flags
 
 F = TypeVar("F", bound=Callable)
 
@@ -85,32 +93,50 @@ def _flat(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
     return out
 
 
-def print_help(argv: list[str]) -> None:
+def print_help(argv: list[str], flag_values: absl_flags.FlagValues | None = None) -> None:
     """absl's usage (its --help exits 1, the status of a bug here), then how --config works when
-    the tool has one; the caller exits 0."""
+    the tool has one (the tools with a config file use absl's global FLAGS); the caller exits 0."""
     from absl import app, flags
-    app.usage(shorthelp="--helpfull" not in argv, writeto_stdout=True)
-    if "config" in flags.FLAGS:
-        print(config_help(argv))
+    if flag_values is None or flag_values is flags.FLAGS:
+        app.usage(shorthelp="--helpfull" not in argv, writeto_stdout=True)
+        if "config" in flags.FLAGS:
+            print(config_help(argv))
+    else:  # a tool's own flags, laid out as app.usage lays them out
+        print(f"{sys.modules['__main__'].__doc__ or ''}\nflags:\n{flag_values.get_help()}")
 
 
-def parse_absl_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing for an `app.run` tool: a bad flag, override or config file, or a
-    UserError raised by a config file's get_config, is one line and exit 2; --help exits 0."""
+def parse_absl_flags(argv: list[str], flag_values: absl_flags.FlagValues | None = None,
+                     known_only: bool = False) -> list[str]:
+    """absl flag parsing for a tool (into absl's global FLAGS unless `flag_values` is given): a
+    bad flag, override or config file, or a UserError raised by a config file's get_config, is
+    one line and exit 2; --help exits 0. Returns the program name and the arguments that are not
+    flags (with `known_only`, the unknown flags too). A second parse starts from the defaults."""
     from absl import flags
 
+    flag_values = flags.FLAGS if flag_values is None else flag_values
     try:
         if any(a in HELP_FLAGS for a in argv[1:]):
-            print_help(argv)
+            print_help(argv, flag_values)
             raise SystemExit(0)
-        check_config_flag(argv)
-        return flags.FLAGS(argv)
+        if flag_values is flags.FLAGS:
+            check_config_flag(argv)
+        if flag_values.is_parsed():
+            flag_values.unparse_flags()
+        return flag_values(argv, known_only=known_only)
     except UserError as e:
         fail(str(e))
     except flags.Error as e:  # an unknown flag, a value of the wrong type, a missing flag
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         fail(lines[0] if lines else type(e).__name__)
     raise AssertionError("unreachable")
+
+
+def parse_tool_flags(flag_values: absl_flags.FlagValues, args: Sequence[str] | None = None,
+                     known_only: bool = False) -> list[str]:
+    """A tool's own flags parsed from its arguments (sys.argv[1:] when None), as
+    `parse_absl_flags` parses them; returns the arguments that are not flags."""
+    args = sys.argv[1:] if args is None else list(args)
+    return parse_absl_flags([sys.argv[0], *args], flag_values, known_only)[1:]
 
 
 def reports_user_errors(fn: F) -> F:

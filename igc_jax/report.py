@@ -17,7 +17,6 @@ saved model config with `igc_jax.summary` (shapes only, nothing compiled). Paths
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import json
@@ -26,11 +25,18 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from absl import flags
+
 from igc_jax import errors
+from igc_jax.cli import parse_tool_flags
 from igc_jax.errors import UserError
 
 RUN_FILES = ("config.json", "status.json", "metrics.jsonl")
 PLOTS = ("accuracy_vs_params.png", "accuracy_vs_macs.png", "params_macs.png", "training_curves.png")
+
+# This tool's own flags (`igc_jax.cli`): the arguments that are not flags are the workdirs.
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("out", None, "output directory (default: <workdir>/report)", flag_values=FLAGS)
 
 
 @dataclasses.dataclass
@@ -374,13 +380,12 @@ def default_out(paths: Sequence[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m igc_jax.report",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("workdirs", nargs="+", help="run workdirs and/or sweep roots")
-    parser.add_argument("--out", default=None, help="output directory (default: <workdir>/report)")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    """`python -m igc_jax.report`'s arguments (sys.argv[1:] when None) → the exit status."""
+    workdirs = parse_tool_flags(FLAGS, argv)
     try:
-        runs, md = make_report(args.workdirs, args.out or default_out(args.workdirs))
+        if not workdirs:
+            raise UserError("give one or more run workdirs or sweep roots")
+        runs, md = make_report(workdirs, FLAGS.out or default_out(workdirs))
     except UserError as e:  # anything else is a bug: its traceback, exit 1
         return errors.report(str(e))
     print(f"{len(runs)} runs → {md}")

@@ -16,7 +16,6 @@ per point, for a cluster launcher. The root may be a `gs://` path (read through 
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import re
 import shlex
@@ -26,8 +25,10 @@ from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 
 import ml_collections
+from absl import flags
 
 from igc_jax import configs, errors
+from igc_jax.cli import parse_tool_flags
 from igc_jax.errors import UserError
 
 FINISHED = "finished"
@@ -35,6 +36,17 @@ FINISHED = "finished"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 Point = tuple[str, dict]
+
+# This tool's own flags (`igc_jax.cli`); the `--config.*` overrides pass through, unparsed.
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("config", None, "sweep file, e.g. experiments/cifar100_lm_sweep.py",
+                    flag_values=FLAGS)
+flags.DEFINE_string("workdir", None, "root; each point runs in <workdir>/<name>",
+                    flag_values=FLAGS)
+flags.DEFINE_bool("dry_run", False, "print one igc_jax.main command per point, run none",
+                  flag_values=FLAGS)
+flags.DEFINE_string("only", "", "comma-separated point names (default: all)", flag_values=FLAGS)
+flags.mark_flags_as_required(["config", "workdir"], flag_values=FLAGS)
 
 
 def apply_overrides(config: ml_collections.ConfigDict,
@@ -186,29 +198,16 @@ def run_sweep(config_path: str, root: str, *, only: Sequence[str] | None = None,
     return outcome
 
 
-def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m igc_jax.sweep", allow_abbrev=False,
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True,
-                        help="sweep file, e.g. experiments/cifar100_lm_sweep.py")
-    parser.add_argument("--workdir", required=True,
-                        help="root; each point runs in <workdir>/<name>")
-    parser.add_argument("--dry_run", action="store_true",
-                        help="print one igc_jax.main command per point, run none")
-    parser.add_argument("--only", default="", help="comma-separated point names (default: all)")
-    args, rest = parser.parse_known_args(argv)
-    return args, rest
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    only = [n for n in args.only.split(",") if n]
+    """`python -m igc_jax.sweep`'s arguments (sys.argv[1:] when None) → the exit status."""
+    overrides = parse_tool_flags(FLAGS, argv, known_only=True)
+    only = [n for n in FLAGS.only.split(",") if n]
     try:
-        outcome = run_sweep(args.config, args.workdir, only=only, overrides=overrides,
-                            dry_run=args.dry_run)
+        outcome = run_sweep(FLAGS.config, FLAGS.workdir, only=only, overrides=overrides,
+                            dry_run=FLAGS.dry_run)
     except UserError as e:  # anything else is a bug: its traceback, exit 1
         return errors.report(str(e))
-    if not args.dry_run:
+    if not FLAGS.dry_run:
         print("[sweep] " + ", ".join(f"{n}: {o}" for n, o in outcome.items()))
     return 0 if all(o in ("printed", "skipped", "ran") for o in outcome.values()) else 1
 
