@@ -279,6 +279,20 @@ def test_mxnet_hsl_jitter_moves_hue_saturation_lightness_by_the_offsets():
     assert h * 360 > 355 or h * 360 < 1                    # clipped to red, not wrapped to 60°
 
 
+def test_mxnet_lightness_offsets_move_greys_exactly_and_keep_white_white():
+    """A grey (v, v, v) is L = v, S = 0 in 8-bit HLS: an offset dl alone makes it exactly
+    (v + dl clipped) on every channel, white included (255 is L 255: 510 − (max + min) = 0 must
+    not be divided by)."""
+    greys = np.arange(256, dtype=np.uint8)[:, None, None].repeat(3, 2)[None]      # 1×256×1×3
+    for dl, u_l in [(-30, 0.2), (30, 0.8)]:
+        u = _mxnet_u(1)
+        u[:, P._U_JITTER:P._U_JITTER + 3] = [0.5, 0.5, u_l]
+        assert P.mxnet_hsl_offsets(u).tolist() == [[0, 0, dl]]
+        out = P.mxnet_hsl_jitter(greys, u)
+        expected = np.clip(np.arange(256) + dl, 0, 255)[:, None, None].repeat(3, 2)
+        np.testing.assert_array_equal(out[0], expected)
+
+
 def test_mxnet_preprocessing_uses_the_authors_constants_and_eval_crop():
     assert P.NORMALIZATION["imagenet_igc_mxnet"] == ((123.370, 112.757, 99.406),
                                                      (68.998, 66.093, 68.292))

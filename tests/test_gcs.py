@@ -2,8 +2,10 @@
 
 A tiny TFDS imagenet2012 (built as in test_data_tfds.py) is uploaded to gs://, and a short run
 with its workdir on gs:// trains on it, is stopped by a real SIGTERM, resumes, and survives a
-corrupted latest checkpoint (moved to gs://.../checkpoints_corrupt/). gcsfs (behind etils epath)
-and tensorstore (behind orbax) are pointed at the emulator through their environment variables.
+corrupted latest checkpoint (moved to gs://.../checkpoints_corrupt/). The record files are read
+on gs:// in place (ArrayRecord's own GCS reader, no local copy unless $IGC_JAX_DATA_CACHE asks for
+one). gcsfs (behind etils epath), tensorstore (behind orbax) and google-cloud-cpp (behind
+ArrayRecord) are pointed at the emulator through their environment variables.
 Skipped, not failed, when the emulator cannot start (tests/gcs_emulator.py runs it).
 """
 from __future__ import annotations
@@ -62,11 +64,12 @@ def gcs(tmp_path_factory):
         proc.kill()
         pytest.skip("gcp-storage-emulator did not start listening within 30 s")
     url = f"http://127.0.0.1:{port}"
-    env = {"STORAGE_EMULATOR_HOST": url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+    env = {"STORAGE_EMULATOR_HOST": url, "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,
+           "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
            "FSSPEC_GCS_TOKEN": "anon", "FSSPEC_GCS_PROJECT": "test",
            "TENSORSTORE_GCS_HTTP_URL": url, "TENSORSTORE_GCS_HTTP_VERSION": "1.1",
            "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "TENSORSTORE_GCS_REQUEST_CONCURRENCY": "1",
-           "IGC_JAX_DATA_CACHE": str(tmp_path_factory.mktemp("data_cache"))}
+           "IGC_JAX_DATA_CACHE": ""}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     import gcsfs
@@ -93,12 +96,17 @@ def _upload(local: Path, remote: epath.Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def gcs_tfds(gcs, tmp_path_factory) -> str:
+def local_tfds(tmp_path_factory) -> Path:
     local = tmp_path_factory.mktemp("tfds_upload")
     tfds.disable_progress_bar()
     _tiny_builder("imagenet2012", local).download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    _upload(local, epath.Path(gcs) / "tfds")
+    return local
+
+
+@pytest.fixture(scope="module")
+def gcs_tfds(gcs, local_tfds) -> str:
+    _upload(local_tfds, epath.Path(gcs) / "tfds")
     return f"{gcs}/tfds"
 
 
@@ -114,19 +122,35 @@ def _steps(path: epath.Path) -> list[int]:
     return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) if path.exists() else []
 
 
-def test_tfds_data_dir_on_gs_is_read_through_a_one_time_local_copy(gcs_tfds):
+def test_tfds_data_dir_on_gs_is_read_in_place(gcs_tfds):
     config = _config(gcs_tfds)
     info = data.dataset_info(config.dataset)
     assert info == data.DatasetInfo("imagenet2012", 1000, (16, 16, 3), 20, 7)
     split = sources.open_split(config.dataset, "train", info)
-    assert not sources.is_remote(split.data_dir)          # workers open the local copy
-    assert split.data_dir.startswith(os.environ["IGC_JAX_DATA_CACHE"])
+    assert split.data_dir == gcs_tfds                     # no copy: workers read gs:// too
     images, labels = split.read(np.arange(20))
     assert all(isinstance(im, bytes) for im in images)       # stored JPEGs, decoded by us
     assert sorted(labels.tolist()) == list(range(20))
     missing = _config(f"{gcs_tfds}_absent")
     with pytest.raises(data.DataError, match="does not exist"):
         data.dataset_info(missing.dataset)
+
+
+def test_the_local_cache_is_an_explicit_option(gcs_tfds, local_tfds, tmp_path, monkeypatch):
+    monkeypatch.setenv("IGC_JAX_DATA_CACHE", str(tmp_path / "cache"))
+    sources._tfds_builder.cache_clear()
+    try:
+        config = _config(gcs_tfds)
+        info = data.dataset_info(config.dataset)
+        split = sources.open_split(config.dataset, "train", info)
+        assert split.data_dir.startswith(str(tmp_path / "cache"))
+        cached = sorted(p.name for p in Path(split.data_dir).rglob("*.array_record*"))
+        assert cached == sorted(p.name for p in local_tfds.rglob("*.array_record*"))
+        assert np.array_equal(split.read(np.arange(20))[1],
+                              sources.open_split(_config(str(local_tfds)).dataset, "train",
+                                                 info).read(np.arange(20))[1])
+    finally:
+        sources._tfds_builder.cache_clear()
 
 
 def test_training_on_gs_is_preempted_resumes_and_survives_a_corrupt_checkpoint(
@@ -199,36 +223,80 @@ class _Wrapped:
         return getattr(self._it, name)
 
 
-def test_the_command_line_with_a_gs_workdir_is_preempted_and_resumes(gcs_tfds, gcs):
-    """`python -m igc_jax.main --workdir=gs://...` as a user runs it: SIGTERM mid-run is exit 0
-    with a checkpoint on gs://, and the same command then finishes from there."""
+def _cli_flags(data_dir: str, *extra: str) -> list[str]:
+    return ["--config.model.depth=5", "--config.model.L=2", "--config.model.M=2",
+            "--config.dataset.name=imagenet2012", f"--config.dataset.data_dir={data_dir}",
+            "--config.dataset.num_classes=1000", "--config.dataset.image_size=16",
+            "--config.dataset.normalization=imagenet_igc_mxnet",
+            "--config.dataset.augment=imagenet_mxnet",
+            "--config.dataset.num_workers=0", "--config.batch_size=4",
+            "--config.eval_batch_size=4", "--config.log_every_steps=1", *extra]
+
+
+def _records(workdir: str, kind: str) -> list[dict]:
+    lines = (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in r.items() if k != "images_per_sec"}
+            for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_the_command_line_trains_on_gs_data_is_preempted_resumes_exactly_and_evaluates(
+        gcs_tfds, gcs):
+    """`python -m igc_jax.main` with data and workdir on gs:// (the ImageNet configs' recipe,
+    read in place): SIGTERM mid-run is exit 0 with a checkpoint on gs://, the same command
+    finishes from there, and every logged loss and evaluation equals an uninterrupted run's."""
     from run_utils import ROOT, env_with_devices, main_cmd
 
-    workdir = f"{gcs}/cli"
-    flags = ["--config.model.depth=5", "--config.model.L=2", "--config.model.M=2",
-             "--config.dataset.name=imagenet2012", f"--config.dataset.data_dir={gcs_tfds}",
-             "--config.dataset.num_classes=1000", "--config.dataset.image_size=16",
-             "--config.dataset.normalization=imagenet",
-             "--config.dataset.augment=imagenet_inception",
-             "--config.dataset.num_workers=0", "--config.batch_size=4",
-             "--config.eval_batch_size=4", "--config.log_every_steps=1",
-             "--config.checkpoint_every_steps=2", "--config.eval_every_steps=1000"]
+    steps = 300
+    flags = _cli_flags(gcs_tfds, f"--config.num_train_steps={steps}",
+                       "--config.checkpoint_every_steps=10",
+                       f"--config.eval_every_steps={steps // 2}")
     env = env_with_devices(1)
-    proc = subprocess.Popen(main_cmd(workdir, *flags, "--config.num_train_steps=100000"),
-                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    workdir = f"{gcs}/cli"
+    proc = subprocess.Popen(main_cmd(workdir, *flags), env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not _steps(
             epath.Path(workdir) / "checkpoints"):
-        time.sleep(0.5)
+        time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     assert "preempted: checkpoint saved at step" in out
     saved = json.loads((epath.Path(workdir) / "status.json").read_text())
-    assert saved["status"] == "preempted"
-    r = subprocess.run(main_cmd(workdir, *flags, f"--config.num_train_steps={saved['step'] + 2}"),
-                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    final = json.loads((epath.Path(workdir) / "status.json").read_text())
-    assert final["status"] == "finished" and final["step"] == saved["step"] + 2
+    assert saved["status"] == "preempted" and saved["step"] < steps
+    for wd in (workdir, f"{gcs}/cli_whole"):
+        r = subprocess.run(main_cmd(wd, *flags), env=env, cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        final = json.loads((epath.Path(wd) / "status.json").read_text())
+        assert final["status"] == "finished" and final["step"] == steps
+    resumed, whole = _records(workdir, "train"), _records(f"{gcs}/cli_whole", "train")
+    assert [r["step"] for r in resumed] == list(range(1, steps + 1))
+    assert resumed == whole
+    evals = _records(workdir, "eval")
+    assert [r["step"] for r in evals] == [steps // 2, steps] and evals == _records(
+        f"{gcs}/cli_whole", "eval")
+    assert all(0 <= r["top1"] <= 1 for r in evals)
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage"])
+def test_a_missing_or_unreadable_object_is_one_line_naming_it(gcs, local_tfds, damage):
+    from run_utils import ROOT, env_with_devices, main_cmd
+
+    root = epath.Path(gcs) / f"damaged_{damage}"
+    _upload(local_tfds, root)
+    version = next((root / "imagenet2012").iterdir())
+    shard = next(p for p in version.iterdir() if "train.array_record" in p.name)
+    if damage == "missing":
+        shard.unlink()
+    else:
+        shard.write_bytes(b"not an array_record file" * 1000)
+    r = subprocess.run(main_cmd(f"{gcs}/run_{damage}", *_cli_flags(str(root),
+                                                                   "--config.num_train_steps=2")),
+                       env=env_with_devices(1), cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()           # gcsfs's absl logging may come first
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == lines[-1:] and str(shard) in errors[0], lines
+    assert "Traceback" not in r.stderr

@@ -6,7 +6,9 @@ batch is the same whichever process, worker or thread builds it, and a resumed r
 
 CIFAR-size work is vectorised over the batch (one gather for pad + crop + flip); ImageNet crops
 and resizes go through PIL one image at a time (the images differ in size), then the colour jitter
-and normalisation run on the whole batch, as one per-image 3×3 colour matrix.
+and normalisation run on the whole batch, as one per-image 3×3 colour matrix (Inception) or as
+OpenCV's own 8-bit HLS conversion (MXNet, the authors' library call); uint8 batches are
+normalised by one table lookup per pixel.
 
 ImageNet images may arrive as encoded JPEG bytes (TFDS records read without TFDS's decoding): the
 crop box is drawn from the stored size (read from the JPEG header, so the same box as for the
@@ -23,9 +25,14 @@ import io
 import math
 from typing import Union
 
+import cv2
 import numpy as np
 import simplejpeg
 from PIL import Image
+
+# The pipeline runs one image per thread or worker process; OpenCV's own thread pool on top of
+# that would only oversubscribe the cores.
+cv2.setNumThreads(1)
 
 # An ImageNet-style image: decoded uint8 H×W×C, or the encoded file (JPEG, or anything PIL reads).
 Encoded = Union[bytes, np.ndarray]
@@ -79,12 +86,23 @@ NUM_UNIFORMS = _U_JITTER + 3       # pad + crop + flip use the position and flip
 
 
 def normalize(images: np.ndarray, normalization: str) -> np.ndarray:
-    """uint8 or float (…, C) on the 0–255 scale → float32 (x − mean) / std per channel."""
+    """uint8 or float (…, C) on the 0–255 scale → float32 (x − mean) / std per channel.
+
+    uint8 images go through a 256-entry table per channel (OpenCV's LUT), the same float32
+    arithmetic done once per value instead of once per pixel."""
+    if images.dtype == np.uint8 and images.ndim >= 3 and images.size:
+        c = images.shape[-1]
+        table = _normalized(np.arange(256, dtype=np.float32)[:, None].repeat(c, 1), normalization)
+        flat = images.reshape(-1, images.shape[-2], c)
+        return cv2.LUT(flat, table.reshape(1, 256, c)).reshape(images.shape)
+    return _normalized(images.astype(np.float32), normalization)
+
+
+def _normalized(x: np.ndarray, normalization: str) -> np.ndarray:
+    """float32 x (…, C), normalised in place."""
     mean, std = NORMALIZATION[normalization]
-    scale = np.float32(1.0) / np.asarray(std, np.float32)
-    x = images.astype(np.float32)
     x -= np.asarray(mean, np.float32)
-    x *= scale
+    x *= np.float32(1.0) / np.asarray(std, np.float32)
     return x
 
 
@@ -144,11 +162,18 @@ def random_crop_box(height: int, width: int, u: np.ndarray) -> tuple[int, int, i
 
 
 def _pil(image: np.ndarray) -> Image.Image:
+    """A PIL image of H×W×C uint8; H×W×4 (RGB and a padding byte, PIL's own layout for RGB) is
+    shared, not converted."""
+    if image.shape[-1] == 4:
+        h, w = image.shape[:2]
+        return Image.frombuffer("RGBX", (w, h), np.ascontiguousarray(image), "raw", "RGBX", 0, 1)
     return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
 
 
 def _array(image: Image.Image, channels: int) -> np.ndarray:
     a = np.asarray(image)
+    if a.ndim == 3 and a.shape[-1] == 4:             # RGBX
+        return cv2.cvtColor(a, cv2.COLOR_RGBA2RGB)
     return a[..., None] if channels == 1 else a
 
 
@@ -185,14 +210,15 @@ def dct_reduction(box_h: float, box_w: float, size: int) -> int:
     return k
 
 
-def decode(image: Encoded, channels: int, reduction: int = 1) -> np.ndarray:
+def decode(image: Encoded, channels: int, reduction: int = 1, padded: bool = False) -> np.ndarray:
     """uint8 H'×W'×C of an encoded image, H' = ceil(H / reduction) (libjpeg-turbo's scaled
-    decode); non-JPEG or CMYK files go through PIL at full resolution."""
+    decode); non-JPEG or CMYK files go through PIL at full resolution. `padded` JPEGs of 3
+    channels come as H'×W'×4, RGB and a padding byte (for `_pil`, which then shares them)."""
     data = _bytes(image)
     try:
         h, w, _, _ = simplejpeg.decode_jpeg_header(data)
         out = simplejpeg.decode_jpeg(
-            data, colorspace="GRAY" if channels == 1 else "RGB",
+            data, colorspace="GRAY" if channels == 1 else ("RGBX" if padded else "RGB"),
             min_height=-(-h // reduction), min_width=-(-w // reduction))
         return out if out.ndim == 3 else out[..., None]
     except ValueError:
@@ -219,16 +245,17 @@ def _resize_box(image: np.ndarray, box: tuple[float, float, float, float],
     return _array(out, image.shape[-1])
 
 
-def _crop_source(image: Encoded, box_of, size: int,
-                 channels: int) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+def _crop_source(image: Encoded, box_of, size: int, channels: int,
+                 padded: bool = False) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """(pixels, (top, left, box_h, box_w) in those pixels) for a crop box `box_of(h, w)` drawn
-    from the stored size: an encoded image is decoded at the largest DCT reduction that keeps the
-    box at least size×size, and the box is scaled to the decoded pixels."""
+    from the stored size: an encoded image is decoded (`padded` as `decode`) at the largest DCT
+    reduction that keeps the box at least size×size, and the box is scaled to the decoded
+    pixels."""
     if not _is_encoded(image):
         return image, box_of(image.shape[0], image.shape[1])
     h, w = encoded_size(image)
     top, left, bh, bw = box_of(h, w)
-    pixels = decode(image, channels, dct_reduction(bh, bw, size))
+    pixels = decode(image, channels, dct_reduction(bh, bw, size), padded)
     sy, sx = pixels.shape[0] / h, pixels.shape[1] / w
     return pixels, (top * sy, left * sx, bh * sy, bw * sx)
 
@@ -240,8 +267,7 @@ def imagenet_train_crop(image: Encoded, u: np.ndarray, size: int,
     decoded at the largest DCT reduction that keeps the box at least size×size."""
     pixels, (top, left, ch, cw) = _crop_source(
         image, lambda h, w: random_crop_box(h, w, u), size, channels)
-    out = _resize_box(pixels, (left, top, left + cw, top + ch), size)
-    return out[:, ::-1] if u[_U_FLIP] < 0.5 else out
+    return _maybe_flip(_resize_box(pixels, (left, top, left + cw, top + ch), size), u)
 
 
 def mxnet_crop_box(height: int, width: int, u: np.ndarray,
@@ -273,13 +299,20 @@ def mxnet_train_crop(image: Encoded, u: np.ndarray, size: int, channels: int = 3
     keeps the box at least size×size.
     """
     pixels, (top, left, bh, bw) = _crop_source(
-        image, lambda h, w: mxnet_crop_box(h, w, u, size), size, channels)
+        image, lambda h, w: mxnet_crop_box(h, w, u, size), size, channels, padded=True)
     fill = MXNET_FILL if channels == 3 else round(float(np.mean(MXNET_FILL)))
     out = _pil(pixels).transform(
         (size, size), Image.AFFINE, (bw / size, 0.0, left, 0.0, bh / size, top),
         resample=Image.BILINEAR, fillcolor=fill)
-    out = _array(out, channels)
-    return out[:, ::-1] if u[_U_FLIP] < 0.5 else out
+    return _maybe_flip(_array(out, channels), u)
+
+
+def _maybe_flip(image: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """H×W×C mirrored left-right when u[_U_FLIP] < 0.5 (OpenCV's flip: a contiguous copy, several
+    times faster than numpy copying the reversed view)."""
+    if u[_U_FLIP] >= 0.5:
+        return image
+    return cv2.flip(image, 1).reshape(image.shape)
 
 
 def mxnet_hsl_offsets(u: np.ndarray) -> np.ndarray:
@@ -288,73 +321,27 @@ def mxnet_hsl_offsets(u: np.ndarray) -> np.ndarray:
     return np.trunc(u[:, _U_JITTER:_U_JITTER + 3] * 2 * r - r).astype(np.int32)
 
 
-def rgb_to_hls8(x: np.ndarray) -> np.ndarray:
-    """OpenCV's 8-bit RGB→HLS of (…, 3) uint8: H in [0, 180) (degrees / 2), L and S in [0, 255],
-    rounded; float32 (…, 3)."""
-    shape = x.shape
-    r, g, b = np.ascontiguousarray(x.reshape(-1, 3).T, dtype=np.float32)   # 0–255
-    vmax, vmin = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
-    diff, total = vmax - vmin, vmax + vmin
-    flat = diff == 0
-    inv = np.float32(60) / np.where(flat, np.float32(1), diff)
-    # The sector of the largest channel: r: (g − b)/diff, g: (b − r)/diff + 2, b: (r − g)/diff + 4.
-    hue = np.where(vmax == b, r - g, b - r)
-    hue *= inv
-    hue += np.where(vmax == b, np.float32(240), np.float32(120))
-    red = vmax == r
-    hue[red] = ((g - b) * inv)[red]
-    hue[hue < 0] += 360
-    hue[flat] = 0
-    out = np.empty((r.size, 3), np.float32)
-    np.multiply(hue, np.float32(0.5), out=out[:, 0])
-    np.multiply(total, np.float32(0.5), out=out[:, 1])
-    denominator = np.where(total < 255, np.maximum(total, 1), 510 - total)
-    np.divide(diff * np.float32(255), denominator, out=out[:, 2])
-    np.round(out, out=out)
-    return out.reshape(shape)
-
-
-def hls8_to_rgb(hls: np.ndarray) -> np.ndarray:
-    """OpenCV's 8-bit HLS→RGB of (…, 3) (H in degrees / 2): float32 0–255, not yet rounded.
-
-    The standard piecewise-linear HSL → RGB: channel n ∈ (0, 8, 4) for (R, G, B) is
-    l − a·clip(min(k − 3, 9 − k), −1, 1), k = (n + hue/30) mod 12, a = s·min(l, 1 − l)."""
-    shape = hls.shape
-    h, light, sat = np.ascontiguousarray(hls.reshape(-1, 3).T, dtype=np.float32)
-    light = light * np.float32(1 / 255)
-    a = sat * np.float32(1 / 255) * np.minimum(light, 1 - light)
-    h15 = h * np.float32(1 / 15)                    # hue (degrees) / 30 = H8 / 15, in [0, 12]
-    out = np.empty((h.size, 3), np.float32)
-    k, t = np.empty_like(h15), np.empty_like(h15)
-    for c, n in enumerate((0.0, 8.0, 4.0)):
-        np.add(h15, np.float32(n), out=k)
-        k[k >= 12] -= 12                            # (n + hue/30) mod 12, k < 24
-        np.subtract(9, k, out=t)
-        np.minimum(np.subtract(k, 3, out=k), t, out=t)
-        np.clip(t, -1, 1, out=t)
-        np.multiply(a, t, out=t)
-        np.subtract(light, t, out=out[:, c])
-    out *= np.float32(255)
-    return out.reshape(shape)
-
-
 def mxnet_hsl_jitter(images: np.ndarray, u: np.ndarray) -> np.ndarray:
     """uint8 B×H×W×3 → uint8 with each image's HSL offsets added in OpenCV's 8-bit HLS, clipped to
-    [0, 180] for H and [0, 255] for L and S (MXNet clips the hue too, it does not wrap it).
-    One image at a time, so the float32 temporaries stay in cache."""
+    [0, 180] for H and [0, 255] for L and S (MXNet clips the hue too, it does not wrap it): the
+    authors' `cv::cvtColor` to HLS and back, the offsets as one 256-entry table per channel."""
     offsets = mxnet_hsl_offsets(u)
     out = images.copy()
-    bounds = np.asarray([180, 255, 255], np.float32)
     for i, (dh, ds, dl) in enumerate(offsets):
         if dh or ds or dl:
-            hls = rgb_to_hls8(images[i])
-            hls += np.asarray([dh, dl, ds], np.float32)
-            np.clip(hls, 0, bounds, out=hls)
-            rgb = hls8_to_rgb(hls)
-            np.round(rgb, out=rgb)
-            np.clip(rgb, 0, 255, out=rgb)
-            out[i] = rgb
+            hls = cv2.cvtColor(images[i], cv2.COLOR_RGB2HLS)
+            out[i] = cv2.cvtColor(cv2.LUT(hls, _hls_offset_table(dh, dl, ds)), cv2.COLOR_HLS2RGB)
     return out
+
+
+_HLS_VALUES = np.arange(256, dtype=np.int32)[:, None]
+_HLS_LIMITS = np.asarray([180, 255, 255], np.int32)
+
+
+def _hls_offset_table(dh: int, dl: int, ds: int) -> np.ndarray:
+    """(1, 256, 3) uint8: value v of channel (H, L, S) → v + offset, clipped to [0, limit]."""
+    table = np.clip(_HLS_VALUES + np.asarray([dh, dl, ds], np.int32), 0, _HLS_LIMITS)
+    return table.astype(np.uint8)[None]
 
 
 def eval_resize_shape(h: int, w: int, size: int) -> tuple[int, int]:

@@ -6,11 +6,12 @@ that loads or opens its data on first use, so grain worker processes receive onl
 headers inside the .npz files), never the images; the caller computes it once and passes it to
 `open_split` and the pipeline.
 
-Paths go through etils epath, so a TFDS data dir may be on gs:// (gcsfs). ArrayRecord itself
-reads only local files (its open-source reader opens POSIX paths; on gs:// it does not work), so
-a dataset under gs:// is copied once, file by file, to a local cache
-($IGC_JAX_DATA_CACHE, default ~/.cache/igc_jax/tfds) and read from there; the copy is logged,
-and a cache without room for it stops with a one-line DataError saying what to do.
+Paths go through etils epath, so a TFDS data dir may be on gs:// (gcsfs reads its metadata).
+ArrayRecord (>= 0.8.3) reads the record files on gs:// itself, through riegeli's GCS reader
+(google-cloud-cpp: the VM's credentials, one ranged GET per record), so training reads them in
+place, with no local copy. Only when $IGC_JAX_DATA_CACHE is set is a remote dataset copied there
+once, file by file, and read from the copy (the copy is logged; a cache without room for it stops
+with a one-line DataError saying what to do).
 """
 from __future__ import annotations
 
@@ -233,11 +234,11 @@ def is_remote(path: str) -> bool:
     return "://" in str(path)
 
 
-def data_cache_dir() -> epath.Path:
-    """Where remote ArrayRecord datasets are copied: $IGC_JAX_DATA_CACHE, else
-    ~/.cache/igc_jax/tfds."""
-    return epath.Path(os.environ.get("IGC_JAX_DATA_CACHE")
-                      or os.path.join(os.path.expanduser("~"), ".cache", "igc_jax", "tfds"))
+def data_cache_dir() -> epath.Path | None:
+    """$IGC_JAX_DATA_CACHE: where remote ArrayRecord datasets are copied before reading, if set
+    (opt-in; unset, they are read in place)."""
+    value = os.environ.get("IGC_JAX_DATA_CACHE")
+    return epath.Path(value) if value else None
 
 
 def _local_copy(remote_root: str, version_dir: epath.Path) -> str:
@@ -257,11 +258,10 @@ def _local_copy(remote_root: str, version_dir: epath.Path) -> str:
     cache.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(str(cache)).free
     if need > 0.95 * free:
-        raise DataError(f"ArrayRecord reads local files only: {version_dir} ({need / 1e9:.1f} GB) "
-                        f"must be copied to {cache}, which has {free / 1e9:.1f} GB free; set "
-                        f"IGC_JAX_DATA_CACHE to a local disk with room, or copy it yourself "
-                        f"(gcloud storage cp -r) and set dataset.data_dir to the copy")
-    log.warning("ArrayRecord reads local files only: copying %s (%d files, %.2f GB) to %s once",
+        raise DataError(f"IGC_JAX_DATA_CACHE={cache} has {free / 1e9:.1f} GB free, too little "
+                        f"for a copy of {version_dir} ({need / 1e9:.1f} GB); unset it to read "
+                        f"the dataset in place, or point it at a local disk with room")
+    log.warning("IGC_JAX_DATA_CACHE is set: copying %s (%d files, %.2f GB) to %s once",
                 version_dir, len(files), need / 1e9, local)
     tmp = local.parent / f".{local.name}.incomplete-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -277,9 +277,11 @@ def _local_copy(remote_root: str, version_dir: epath.Path) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _tfds_builder(name: str, data_dir: str) -> Any:
-    """The prepared builder (code builder, metadata from disk); DataError if not prepared.
+    """The prepared builder (code builder, metadata from disk); DataError if it is not prepared
+    or a record file of its splits is missing.
 
-    A remote data dir is checked there, then replaced by its local copy (`_local_copy`)."""
+    With $IGC_JAX_DATA_CACHE set, a remote data dir is checked there, then replaced by its local
+    copy (`_local_copy`)."""
     import tensorflow_datasets as tfds
 
     if not epath.Path(data_dir).is_dir():
@@ -294,9 +296,27 @@ def _tfds_builder(name: str, data_dir: str) -> Any:
         stored = getattr(file_format, "value", file_format)
         raise DataError(f"TFDS dataset {name} in {builder.data_path} is stored as {stored}, not "
                         f"array_record (needed for random access); {_prepare_hint(name, data_dir)}")
-    if is_remote(data_dir):
+    _check_record_files(builder)
+    if is_remote(data_dir) and data_cache_dir() is not None:
         return _tfds_builder(name, _local_copy(data_dir, epath.Path(builder.data_path)))
     return builder
+
+
+def _shards(builder: Any, split: str) -> list[tuple[str, int]]:
+    """(file, records read from it) of a split, in record order."""
+    return [(str(epath.Path(builder.data_path) / epath.Path(f.filename).name), f.take)
+            for f in builder.info.splits[split].file_instructions]
+
+
+def _check_record_files(builder: Any) -> None:
+    """Every record file that dataset_info.json lists is there (one directory listing, also on
+    gs://): a missing one is a DataError naming it, before any training."""
+    present = {p.name for p in epath.Path(builder.data_path).iterdir()}
+    for split in builder.info.splits:
+        for path, _ in _shards(builder, split):
+            if epath.Path(path).name not in present:
+                raise DataError(f"record file {path} (split {split!r} of {builder.info.name}) "
+                                "is missing; copy the whole dataset again")
 
 
 def _skip_image_decoding() -> dict:
@@ -314,7 +334,8 @@ class TfdsSplit:
 
     def __init__(self, name: str, data_dir: str, splits: Sequence[str], encoded: bool = False):
         builder = _tfds_builder(name, data_dir)
-        # The local data dir (a remote one's copy), so that worker processes open it directly.
+        # The data dir read (a remote one's local copy, where one is made), so that worker
+        # processes open it directly.
         data_dir = str(epath.Path(builder.data_path).parent.parent)
         self.name, self.data_dir, self.splits = name, data_dir, tuple(splits)
         self.encoded = encoded
@@ -340,8 +361,8 @@ class TfdsSplit:
         return self._sources
 
     def _read_records(self, k: int, keys: list[int]) -> list[Any]:
-        """Records `keys` of split k; an unreadable one is a DataError naming the split's files
-        and the record's index (found one by one, only once a batch has failed)."""
+        """Records `keys` of split k; an unreadable one is a DataError naming its file (object)
+        and the record's index in the split (found one by one, only once a batch has failed)."""
         source = self._open()[k]
         try:
             return list(source.__getitems__(keys))
@@ -354,13 +375,15 @@ class TfdsSplit:
                     break
             else:
                 key, error = keys[0], batch_error
-            where = self._where(k)
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise DataError(f"cannot read record {key} of {where}: {reason}") from None
+            raise DataError(f"cannot read record {key} of {self.name}'s {self.splits[k]} split "
+                            f"in {self._where(k, key)}: {reason}") from None
 
-    def _where(self, k: int) -> str:
-        return os.path.join(_tfds_builder(self.name, self.data_dir).data_path,
-                            f"{self.name}-{self.splits[k]}.array_record*")
+    def _where(self, k: int, key: int) -> str:
+        """The record file (object) holding record `key` of split k."""
+        shards = _shards(_tfds_builder(self.name, self.data_dir), self.splits[k])
+        ends = np.cumsum([take for _, take in shards])
+        return shards[min(int(np.searchsorted(ends, key, side="right")), len(shards) - 1)][0]
 
     def read(self, indices: Sequence[int]) -> tuple[np.ndarray | list[np.ndarray], np.ndarray]:
         indices = np.asarray(indices, dtype=np.int64)
@@ -377,8 +400,9 @@ class TfdsSplit:
         if bad.size:  # a damaged record: named by its file and index, as an unreadable one
             i = int(bad[0])
             record = int(indices[i] - self._offsets[part[i]])
-            raise DataError(f"label {labels[i]} of record {record} of {self._where(int(part[i]))}"
-                            f" is outside [0, {self.num_classes})")
+            raise DataError(f"label {labels[i]} of record {record} of "
+                            f"{self._where(int(part[i]), record)} is outside "
+                            f"[0, {self.num_classes})")
         labels = labels.astype(np.int32)
         if self.encoded:
             return images, labels
