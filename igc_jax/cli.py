@@ -76,8 +76,8 @@ def config_help(argv: list[str], name: str = "config") -> str:
              f"--{name}.model.M=4 (an unknown field or a bad value: one line, exit 2).",
              (f"The fields, as {spec} sets them:" if spec else
               f"The fields and their defaults (base_config; `--{name}=<file> --help` shows that "
-              "file's values, model.* come from the experiment file; what each field means: "
-              "the docstring of igc_jax/configs/__init__.py):")]
+              "file's values, model.* come from the experiment file; what each field means and "
+              "allows: docs/config.md):")]
     fields = [f"  {key} = {value!r}" for key, value in _flat(config.to_dict())]
     return "\n".join(["", *(textwrap.fill(p, 100) for p in intro), *fields])
 

@@ -219,5 +219,8 @@ def reference(vocabularies: Mapping[str, tuple[str, ...]] = {}) -> str:
         rows.append(f"| `{f.key}` | `{f.default!r}` | {f.kind.describe(vocabularies)} | "
                     f"{f.help} |")
     rows.append("| `model.*` | | the network constructor's keyword arguments "
-                "(`model.name` picks it from `igc_jax.models.MODELS`) | the network |")
+                "(`model.name` picks it from `igc_jax.models.MODELS`; `python -m igc_jax.summary "
+                "--config=<file>` shows a network's layers) | the network; `model.init`: "
+                "`he_normal` (official: convs N(0, 2/fan_in)) or `torch_default` (torch.nn's "
+                "uniform ±sqrt(1/fan_in) kernels and classifier bias) |")
     return "\n".join(rows) + "\n"
