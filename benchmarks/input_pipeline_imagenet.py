@@ -9,7 +9,11 @@ one thread, images per second of wall time and per CPU-second of the process, fo
              DCT reduction that keeps the box >= the output, crop before resize, one fused
              colour matrix), augment imagenet_inception
   imagenet_mxnet  the ImageNet configs' default since issue 18: the authors' MXNet recipe
-             (one affine resample per crop, HSL jitter in OpenCV's 8-bit HLS)
+             (one affine resample per crop, HSL jitter in OpenCV's 8-bit HLS) as it is now:
+             OpenCV's cvtColor and table lookups for the jitter and the normalisation, the
+             decode in PIL's own pixel layout, OpenCV's flip (issue 26)
+  mxnet previous  the same recipe as before issue 26 (`previous_mxnet_train`): numpy's
+             emulation of the 8-bit HLS conversion, numpy's flip and normalisation
   tf.data    TensorFlow's `decode_and_crop_jpeg` with the same crop boxes, bilinear resize, flip,
              the same jitter and normalisation in TF ops; one thread (tf.data private pool of 1,
              intra/inter-op parallelism 1). Skipped with a note when TensorFlow is absent.
@@ -50,6 +54,87 @@ def previous_train(jpegs, u) -> np.ndarray:
             (SIZE, SIZE), Image.BILINEAR, box=(left, top, left + cw, top + ch)))
         crops.append(x[:, ::-1] if ui[preprocess._U_FLIP] < 0.5 else x)
     return preprocess.normalize(preprocess.color_jitter(np.stack(crops), u, JITTER), NORM)
+
+
+def previous_mxnet_train(jpegs, u) -> np.ndarray:
+    """The MXNet recipe before issue 26 (commit 72fb0c3), kept here to compare: the same crops,
+    then the HSL jitter in numpy float32 (an emulation of OpenCV's 8-bit HLS that rounded L half
+    to even, where OpenCV rounds it up, and made white NaN) and numpy normalisation."""
+    crops = []
+    for j, ui in zip(jpegs, u):
+        h, w = preprocess.encoded_size(j)
+        top, left, bh, bw = preprocess.mxnet_crop_box(h, w, ui, SIZE)
+        pixels = preprocess.decode(j, 3, preprocess.dct_reduction(bh, bw, SIZE))
+        sy, sx = pixels.shape[0] / h, pixels.shape[1] / w
+        top, left, bh, bw = top * sy, left * sx, bh * sy, bw * sx
+        out = np.asarray(Image.fromarray(pixels).transform(
+            (SIZE, SIZE), Image.AFFINE, (bw / SIZE, 0.0, left, 0.0, bh / SIZE, top),
+            resample=Image.BILINEAR, fillcolor=preprocess.MXNET_FILL))
+        crops.append(out[:, ::-1] if ui[preprocess._U_FLIP] < 0.5 else out)
+    x = _previous_hsl_jitter(np.stack(crops), u).astype(np.float32)
+    mean, std = preprocess.NORMALIZATION["imagenet_igc_mxnet"]
+    x -= np.asarray(mean, np.float32)
+    x *= np.float32(1.0) / np.asarray(std, np.float32)
+    return x
+
+
+def _previous_hsl_jitter(images: np.ndarray, u: np.ndarray) -> np.ndarray:
+    out = images.copy()
+    bounds = np.asarray([180, 255, 255], np.float32)
+    for i, (dh, ds, dl) in enumerate(preprocess.mxnet_hsl_offsets(u)):
+        if dh or ds or dl:
+            hls = _previous_rgb_to_hls8(images[i])
+            hls += np.asarray([dh, dl, ds], np.float32)
+            np.clip(hls, 0, bounds, out=hls)
+            rgb = _previous_hls8_to_rgb(hls)
+            np.round(rgb, out=rgb)
+            np.clip(rgb, 0, 255, out=rgb)
+            out[i] = rgb
+    return out
+
+
+def _previous_rgb_to_hls8(x: np.ndarray) -> np.ndarray:
+    shape = x.shape
+    r, g, b = np.ascontiguousarray(x.reshape(-1, 3).T, dtype=np.float32)
+    vmax, vmin = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
+    diff, total = vmax - vmin, vmax + vmin
+    flat = diff == 0
+    inv = np.float32(60) / np.where(flat, np.float32(1), diff)
+    hue = np.where(vmax == b, r - g, b - r)
+    hue *= inv
+    hue += np.where(vmax == b, np.float32(240), np.float32(120))
+    red = vmax == r
+    hue[red] = ((g - b) * inv)[red]
+    hue[hue < 0] += 360
+    hue[flat] = 0
+    out = np.empty((r.size, 3), np.float32)
+    np.multiply(hue, np.float32(0.5), out=out[:, 0])
+    np.multiply(total, np.float32(0.5), out=out[:, 1])
+    denominator = np.where(total < 255, np.maximum(total, 1), 510 - total)
+    with np.errstate(invalid="ignore"):
+        np.divide(diff * np.float32(255), denominator, out=out[:, 2])
+    np.round(out, out=out)
+    return out.reshape(shape)
+
+
+def _previous_hls8_to_rgb(hls: np.ndarray) -> np.ndarray:
+    shape = hls.shape
+    h, light, sat = np.ascontiguousarray(hls.reshape(-1, 3).T, dtype=np.float32)
+    light = light * np.float32(1 / 255)
+    a = sat * np.float32(1 / 255) * np.minimum(light, 1 - light)
+    h15 = h * np.float32(1 / 15)
+    out = np.empty((h.size, 3), np.float32)
+    k, t = np.empty_like(h15), np.empty_like(h15)
+    for c, n in enumerate((0.0, 8.0, 4.0)):
+        np.add(h15, np.float32(n), out=k)
+        k[k >= 12] -= 12
+        np.subtract(9, k, out=t)
+        np.minimum(np.subtract(k, 3, out=k), t, out=t)
+        np.clip(t, -1, 1, out=t)
+        np.multiply(a, t, out=t)
+        np.subtract(light, t, out=out[:, c])
+    out *= np.float32(255)
+    return out.reshape(shape)
 
 
 def previous_eval(jpegs) -> np.ndarray:
@@ -195,7 +280,8 @@ def run(results_dir: Path, n: int = 128, rounds: int = 7, batches: int = 24) -> 
     mxnet = preprocess.Preprocessing("imagenet_mxnet", "imagenet_igc_mxnet", SIZE)
     fns = {("train", "previous"): lambda: previous_train(jpegs, u),
            ("train", "current"): lambda: prep.train(list(jpegs), u),
-           ("train", "imagenet_mxnet"): lambda: mxnet.train(list(jpegs), u)}
+           ("train", "imagenet_mxnet"): lambda: mxnet.train(list(jpegs), u),
+           ("train", "mxnet previous"): lambda: previous_mxnet_train(jpegs, u)}
     if tf_fns is not None:
         fns["train", "tf.data"] = tf_fns[0]
     fns.update({("eval", "previous"): lambda: previous_eval(jpegs),
@@ -220,6 +306,12 @@ def run(results_dir: Path, n: int = 128, rounds: int = 7, batches: int = 24) -> 
     checks = {
         "train_current_vs_previous_per_cpu_s": round(
             train["current"]["images_per_cpu_s"] / train["previous"]["images_per_cpu_s"], 2),
+        "train_mxnet_vs_previous_per_cpu_s": round(
+            train["imagenet_mxnet"]["images_per_cpu_s"]
+            / train["mxnet previous"]["images_per_cpu_s"], 2),
+        "train_mxnet_vs_tf_per_cpu_s": round(
+            train["imagenet_mxnet"]["images_per_cpu_s"] / train["tf.data"]["images_per_cpu_s"], 2)
+        if "tf.data" in train else None,
         "train_current_vs_tf_per_cpu_s": round(
             train["current"]["images_per_cpu_s"] / train["tf.data"]["images_per_cpu_s"], 2)
         if "tf.data" in train else None,
@@ -271,13 +363,18 @@ def markdown(r: dict) -> str:
               f"{c['train_current_vs_previous_per_cpu_s']}× (target ≥ 2×)",
               f"- train, current / tf.data (per CPU-second): {c['train_current_vs_tf_per_cpu_s']}×"
               " (target ≥ 1×)",
+              "- train, imagenet_mxnet / mxnet previous (per CPU-second): "
+              f"{c['train_mxnet_vs_previous_per_cpu_s']}× (issue 26's target ≥ 2×)",
+              "- train, imagenet_mxnet / tf.data's Inception pipeline (per CPU-second): "
+              f"{c['train_mxnet_vs_tf_per_cpu_s']}× (issue 26's target ≥ 1×)",
               f"- 2 workers / 1 worker: {c['two_workers_vs_one']}× in images/s (target ≥ 1.6×), "
               f"{c['two_workers_vs_one_per_cpu_s']}× in images per CPU-second", "",
               "0 workers: grain's two read threads in the training process (the JPEG decode "
               "and PIL's resampling release the GIL, so they keep up to 2 cores busy). Workers "
               "are spawned processes of one read thread each; their first batch includes their "
-              "start. The CIFAR training jobs of benchmarks/cifar_reference.py were paused "
-              "(SIGSTOP) while this ran. Cores used: CPU-seconds of the training process and its "
+              "start. Other jobs shared the cores while this ran (the load average above): "
+              "the paths run in turn, so the load falls on all alike. Cores used: CPU-seconds "
+              "of the training process and its "
               "workers per second; images per CPU-second staying flat from 1 to 2 workers means "
               "no per-worker overhead, so W workers reach W times one worker's rate when W free "
               "cores are there (cores used shows whether they were).", ""]

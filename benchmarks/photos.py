@@ -42,9 +42,11 @@ def decode_full(jpeg: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def build_tiny_imagenet(data_dir: str, num_train: int, num_eval: int) -> None:
+def build_tiny_imagenet(data_dir: str, num_train: int, num_eval: int,
+                        num_shards: int | None = None) -> None:
     """A TFDS `imagenet2012` of these photos (ArrayRecord, JPEG bytes stored as they are) in
-    data_dir, through the registered builder with its download replaced (no TensorFlow)."""
+    data_dir, through the registered builder with its download replaced (no TensorFlow);
+    `num_shards` files per split (None: TFDS's choice, one file at these sizes)."""
     import inspect
 
     import tensorflow_datasets as tfds
@@ -69,4 +71,5 @@ def build_tiny_imagenet(data_dir: str, num_train: int, num_eval: int) -> None:
     }, skip_registration=True)
     tfds.disable_progress_bar()
     cls(data_dir=data_dir, file_format="array_record").download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False,
+                                                     num_shards=num_shards))
