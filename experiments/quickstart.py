@@ -1,9 +1,10 @@
-"""Quick start: IGC-L4M4 (D=8, plain) on the embedded handwritten digits, in ~15 s on a 2-core CPU.
+"""Quick start: IGC-L4M4 (D=8, plain) on the embedded handwritten digits, ~25 CPU-seconds.
 
     python -m igc_jax.main --config=experiments/quickstart.py --workdir=/tmp/igc_quickstart
 
 Hardware: any CPU (2 cores suffice). Data: scikit-learn's bundled 8×8 digits (1,797 real images,
 10 classes), nothing to download. Expected: ≥ 95% test top-1 (the CI end-to-end test checks it).
+Times: README, Quick start (benchmarks/results/quickstart.md).
 The network is the paper's CIFAR IGC layout (spec §2) at width L·M = 16 on 8×8 inputs.
 """
 from igc_jax.configs import base_config, no_argument

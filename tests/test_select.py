@@ -39,7 +39,7 @@ def test_choice_within_noise_of_the_fastest_measured(with_native):
     slow = []
     for layer in _layers():
         shape = LayerShape(L=layer["L"], M=layer["M"], C_in=layer["C_in"], C=layer["C"],
-                           strides=(layer["stride"],) * 2)
+                           strides=(layer["stride"],) * 2, size=(layer["H"], layer["H"]))
         times = _times(layer, allowed)
         chosen = select.select_mode(shape, context)
         assert chosen in times, f"{layer['network']} {layer['layer']}: {chosen} not measured"
@@ -100,3 +100,29 @@ def test_native_unavailable_is_one_message(monkeypatch):
     x = jnp.ones((1, 4, 4, 4))
     with pytest.raises(native.NativeUnavailable, match="'native' is unavailable: no C"):
         igc_apply(x, jnp.ones((3, 3, 2, 4)), jnp.ones((1, 1, 2, 4)), L=2, M=2, mode="native")
+
+
+QUICKSTART_MEASURED = MEASURED.with_name("quickstart.json")
+
+
+def test_auto_is_within_noise_of_the_fastest_measured_quickstart():
+    """The quick start's layers (8×8 digits, batch 64), where whole runs, not layers, were timed
+    (benchmarks/results/quickstart.json, `python -m benchmarks.quickstart`, in CPU seconds: the
+    machine was shared): the per-layer plan `auto` makes now, with the C++ kernels, must be one
+    of the measured variants, and its quickest cached run no slower than the slowest cached run
+    of the fastest variant (+5%): within the noise of the measurement, never clearly behind."""
+    from igc_jax import configs, models
+
+    config = configs.load_config(MEASURED.parents[2] / "experiments" / "quickstart.py")
+    model = models.build_model(config.model, num_classes=10, conv_mode="auto",
+                               context=ModeContext("cpu", native=True))
+    plan = {path: mode for path, (_, mode) in planned_modes(model, (8, 8, 1)).items()}
+    runs = json.loads(QUICKSTART_MEASURED.read_text())["runs"]
+    cached = {name: [r["cpu_seconds"] for r in rs] for name, rs in runs.items()
+              if name.endswith(" cached")}
+    same_plan = [name for name in cached if runs[name][0]["layers"] == plan]
+    assert same_plan, f"auto's plan {plan} was not measured; rerun benchmarks/quickstart.py"
+    fastest = min(cached, key=lambda name: sorted(cached[name])[len(cached[name]) // 2])
+    assert min(cached[same_plan[0]]) <= 1.05 * max(cached[fastest]), (
+        f"auto's plan ({same_plan[0]}) took {cached[same_plan[0]]} CPU s, {fastest} "
+        f"{cached[fastest]}")

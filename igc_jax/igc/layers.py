@@ -60,7 +60,8 @@ def igc_apply(x, primary, secondary, *, L, M, strides=(1, 1), padding=((1, 1), (
     """The IGC layer as a function of its two kernels, computed by `mode` (see `resolve_mode`)."""
     kernels.check_igc_shapes(x.shape[-1], primary.shape, secondary.shape, L, M)
     kh, kw, _, C = primary.shape
-    shape = LayerShape(L=L, M=M, C_in=x.shape[-1], C=C, kernel=(kh, kw), strides=tuple(strides))
+    shape = LayerShape(L=L, M=M, C_in=x.shape[-1], C=C, kernel=(kh, kw), strides=tuple(strides),
+                       size=tuple(x.shape[1:3]))
     name = resolve_mode(mode, shape, context)
     return ALL_MODES[name](x, primary, secondary, L=L, M=M, strides=tuple(strides),
                            padding=tuple(map(tuple, padding)))
@@ -123,9 +124,11 @@ class IGCConv(nn.Module):
                          L=self.L, M=M, strides=tuple(self.strides), padding=padding,
                          mode=self.mode, context=self.context)
 
-    def layer_shape(self, c_in: int) -> LayerShape:
-        return LayerShape(L=self.L, M=self.secondary_groups, C_in=c_in, C=self.features,
-                          kernel=tuple(self.kernel_size), strides=tuple(self.strides))
+    def layer_shape(self, input_shape: tuple[int, ...]) -> LayerShape:
+        """What `auto` decides from, for an NHWC input of `input_shape`."""
+        return LayerShape(L=self.L, M=self.secondary_groups, C_in=input_shape[-1],
+                          C=self.features, kernel=tuple(self.kernel_size),
+                          strides=tuple(self.strides), size=tuple(input_shape[1:3]))
 
 
 class PointwiseConv(nn.Conv):
@@ -254,7 +257,7 @@ def planned_modes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, t
     def interceptor(next_fun, args, kwargs, ctx):
         module = ctx.module
         if isinstance(module, IGCConv) and ctx.method_name == "__call__":
-            shape = module.layer_shape(args[0].shape[-1])
+            shape = module.layer_shape(args[0].shape)
             found["/".join(module.path)] = (shape.describe(),
                                             resolve_mode(module.mode, shape, module.context))
         return next_fun(*args, **kwargs)

@@ -12,7 +12,12 @@ The rules, each from `benchmarks/results/cpu.md` (forward + backward, 2-core CPU
   them on its own shard of the batch (`igc_jax.training.steps` runs the step under `shard_map`).
 - CPU, with the C++ kernels: `native` whenever its primary kernel picks its inputs in registers
   (`native_in_registers`: every CIFAR layer, ImageNet L100M2). For wide groups it gathers every
-  input row first and `split` beats it 2.4-3× (L4M32 102 vs 275 ms, L16M16 181 vs 441 ms).
+  input row first and `split` beats it 2.4-3× (L4M32 102 vs 275 ms, L16M16 181 vs 441 ms), except
+  on inputs of at most NATIVE_ANY_MAX_PIXELS pixels: there a step of either costs about a
+  millisecond, and XLA compiling `split`'s per-group convolutions and their gradients takes
+  seconds more (the quick start's L4M16 layers on 4×4 and 2×2 inputs: whole runs with them in
+  `native` took about half the time of runs with them in `split`,
+  benchmarks/results/quickstart.md; tests/test_select.py checks `auto` against that file).
 - CPU, without them: `split` (one dense conv per group) for at most SPLIT_MAX_GROUPS groups; for
   more groups (L100M2) `taps` when its fusions have at most TAPS_MAX_TERMS terms (L100M2 stage 1
   273 ms vs `composed` 564; stage 4 65 vs 625), else `composed`.
@@ -32,6 +37,10 @@ SPLIT_MAX_GROUPS = 24
 # The most terms (kh·kw·C_in/L) of one `taps` fusion: its gradient's accumulator holds that many
 # output-sized planes (72 = 3×3 with 8 inputs per group, the largest measured, L24M2 stage 3).
 TAPS_MAX_TERMS = 72
+# The largest input (H·W pixels) on which `native` computes even wide groups: 4×4. The quick
+# start's 4×4 and 2×2 layers are measured (native faster over a whole run); IGC-L4M8's 8×8 stage 3
+# is not (split 14.5 vs native 46.8 ms per fwd+bwd, cpu.md).
+NATIVE_ANY_MAX_PIXELS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +52,7 @@ class LayerShape:
     C: int
     kernel: tuple[int, int] = (3, 3)
     strides: tuple[int, int] = (1, 1)
+    size: tuple[int, int] | None = None  # the input's (H, W), where known
 
     def describe(self) -> str:
         s = f", stride {self.strides[0]}" if self.strides != (1, 1) else ""
@@ -92,11 +102,17 @@ def native_in_registers(shape: LayerShape) -> bool:
             and (ci == co or (8 % ci == 0 and ci <= 2 * co)))
 
 
+def tiny_input(shape: LayerShape) -> bool:
+    """Whether the layer's input has at most NATIVE_ANY_MAX_PIXELS pixels (unknown: no)."""
+    return shape.size is not None and shape.size[0] * shape.size[1] <= NATIVE_ANY_MAX_PIXELS
+
+
 def select_mode(shape: LayerShape, context: ModeContext) -> str:
     """The mode `auto` uses for one layer shape in one context (the rules of the module doc)."""
     if context.backend != "cpu":
         return "grouped"
-    if context.native and (native_in_registers(shape) or shape.L > SPLIT_MAX_GROUPS):
+    if context.native and (native_in_registers(shape) or shape.L > SPLIT_MAX_GROUPS
+                           or tiny_input(shape)):
         return "native"
     if shape.L <= SPLIT_MAX_GROUPS:
         return "split"
