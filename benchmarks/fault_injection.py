@@ -64,6 +64,17 @@ def run_with_kill(workdir: Path, rng: random.Random, aim_at_write: bool) -> dict
             "during_write": during_write}
 
 
+def fill_disk(disk: Path, leave_kib: int) -> Path:
+    """A file taking all of `disk`'s free space but `leave_kib` KiB; returned to be deleted."""
+    import os
+    import shutil
+    filler = disk / "filler"
+    size = shutil.disk_usage(disk).free - leave_kib * 1024
+    with open(filler, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, max(size, 0))
+    return filler
+
+
 def resumed_step(workdir: Path) -> int:
     """The step the next start resumes from: the newest complete checkpoint."""
     d = workdir / "checkpoints"

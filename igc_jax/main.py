@@ -2,9 +2,15 @@
 
     python -m igc_jax.main --config=experiments/<file>.py --workdir=<dir>
 
-Thin on purpose: the logic lives in `igc_jax.training`. Exit status: 0 done or preempted (resume
-by running the same command), 2 bad input (an `igc_jax.errors.UserError`: one line on stderr, no
-traceback), 1 diverged (one line) or a bug (any other exception, with its full traceback).
+Thin on purpose: the logic lives in `igc_jax.training`. Exit status:
+
+- 0: done, preempted (resume by running the same command), or already finished (nothing to do);
+- 2: bad input (an `igc_jax.errors.UserError`: one line on stderr, no traceback), including a
+  workdir that another live run holds (the line names its host, pid and start time);
+- 3: the environment failed a write (no space left, permission lost, the object store refusing
+  after its retries): one line naming the path, the cause and the intact checkpoint; status.json
+  says "failed" with that line; rerun the same command once it is fixed;
+- 1: diverged (one line) or a bug (any other exception, with its full traceback).
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from igc_jax.cli import parse_absl_flags
-from igc_jax.errors import UserError, fail
+from igc_jax.errors import EXIT_ENVIRONMENT, EnvironmentFailure, UserError, fail, report
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py[:arg]).",
                                 lock_config=True)
@@ -57,6 +63,12 @@ def main(argv) -> None:
         sys.exit(0)
     except train.Diverged as e:
         fail(str(e), 1)
+    except EnvironmentFailure as e:
+        report(str(e), EXIT_ENVIRONMENT)
+        # Not sys.exit: orbax's writer coroutines abandoned by the failed save would print their
+        # "Exception ignored" tracebacks at interpreter shutdown (everything is closed already).
+        sys.stdout.flush()
+        os._exit(EXIT_ENVIRONMENT)
     except UserError as e:  # anything else is a bug: its traceback, exit 1
         fail(str(e))
     print(summary_line(status))

@@ -56,10 +56,12 @@ class Run:
 
     @property
     def state(self) -> str:
-        """finished | running | preempted | failed | not started (no status.json yet)."""
+        """finished | running | dead (running, but its heartbeat is stale) | preempted | failed
+        | not started (no status.json yet)."""
+        from igc_jax.training.status import run_state
         if not self.status:
             return "not started"
-        state = self.status.get("status", "unknown")
+        state = run_state(self.status)
         step, total = self.status.get("step"), self.status.get("num_steps")
         if state == "finished" and step is not None and total is not None and step < total:
             return "stopped early"  # max_train_seconds: resumable, not done

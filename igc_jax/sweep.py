@@ -10,9 +10,11 @@ overrides applied (`point_config` below), so one point runs alone as
 
 runs the points one after another (that exact command per point, with the `--config.*` flags
 passed through, under this interpreter), skips a point whose `status.json` says "finished" at
-all its steps and simply re-runs any other (the trainer resumes from its checkpoint). A failed
-point does not stop the sweep; a preempted one does. `--dry_run` prints the commands, one line
-per point, for a cluster launcher. The root may be a `gs://` path (read through `etils.epath`).
+all its steps or that another process is running now (status "running" with a fresh heartbeat,
+`igc_jax.training.status`) and simply re-runs any other (the trainer resumes from its
+checkpoint). A failed point does not stop the sweep; a preempted one does. `--dry_run` prints
+the commands, one line per point, for a cluster launcher. The root may be a `gs://` path (read
+through `etils.epath`).
 """
 from __future__ import annotations
 
@@ -153,6 +155,16 @@ def is_finished(workdir: str) -> bool:
     return step is None or num_steps is None or step >= num_steps
 
 
+def is_live(workdir: str) -> bool:
+    """Running with a fresh heartbeat (another process is training it now). A "running" one
+    whose heartbeat is stale died, and one without a heartbeat (written before status.json had
+    one) was interrupted: running either again resumes it."""
+    from igc_jax.training.status import run_state
+
+    status = read_status(workdir)
+    return run_state(status) == "running" and "heartbeat" in (status or {})
+
+
 def check_overrides(overrides: Sequence[str]) -> None:
     """Only `--config.<field>=<value>` flags are passed through to every point."""
     for flag in overrides:
@@ -167,9 +179,10 @@ def run_sweep(config_path: str, root: str, *, only: Sequence[str] | None = None,
               out: Callable[[str], None] | None = None) -> dict[str, str]:
     """Run (or print) every selected point in order; return name → outcome.
 
-    Outcomes: "printed" (dry run), "skipped" (finished before), "ran", "failed (rc N)",
-    "preempted". A failing point does not stop the others (they are independent runs); a
-    preempted one stops the sweep, since the machine is going away (run it again to resume).
+    Outcomes: "printed" (dry run), "skipped" (finished before), "running elsewhere" (live
+    heartbeat), "ran", "failed (rc N)", "preempted". A failing point does not stop the others
+    (they are independent runs); a preempted one stops the sweep, since the machine is going
+    away (run it again to resume).
     """
     check_overrides(overrides)
     points = select_points(sweep_points(config_path), only)
@@ -186,6 +199,10 @@ def run_sweep(config_path: str, root: str, *, only: Sequence[str] | None = None,
         if is_finished(workdir):
             out(f"[sweep] {name}: finished already, skipped")
             outcome[name] = "skipped"
+            continue
+        if is_live(workdir):
+            out(f"[sweep] {name}: running elsewhere (its heartbeat is fresh), skipped")
+            outcome[name] = "running elsewhere"
             continue
         out(f"[sweep] {name}: {shlex.join(cmd)}")
         rc = run([sys.executable, *cmd[1:]])
@@ -209,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return errors.report(str(e))
     if not FLAGS.dry_run:
         print("[sweep] " + ", ".join(f"{n}: {o}" for n, o in outcome.items()))
-    return 0 if all(o in ("printed", "skipped", "ran") for o in outcome.values()) else 1
+    done = ("printed", "skipped", "running elsewhere", "ran")
+    return 0 if all(o in done for o in outcome.values()) else 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Runs use the shrunk quick-start net on the digits; the training loop runs under 
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -103,6 +104,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, damage, capl
         biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
     else:
         biggest.unlink()
+    # As if the run had stopped before its end (a finished run's rerun is "nothing to do").
+    (wd / "status.json").write_text(json.dumps({**status(wd), "status": "preempted"}))
     st = train.train_and_evaluate(tiny_config(**cfg), str(wd))
     assert "step 8 is unreadable" in caplog.text
     assert st["status"] == "finished" and st["step"] == 8
@@ -147,3 +150,128 @@ def test_bad_input_of_another_experiment_file_is_one_line_exit_2(tmp_path):
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert r.stderr.splitlines() == [r.stderr.strip()] and "L=5" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "wd").exists()
+
+
+# ---------------------------------------------------------------- the environment fails a write
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 40 MB tmpfs (needs root and CAP_SYS_ADMIN; skipped, not passed, without them)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(disk)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill: {r.stderr.strip() or r.returncode}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(directory)): f.read_bytes()
+            for f in sorted(directory.rglob("*")) if f.is_file()}
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_exit_3_and_the_run_resumes(small_disk):
+    """The disk fills between two checkpoints: one line naming the path and the cause, exit 3,
+    status.json 'failed' with that line, the half-written checkpoint removed and the earlier one
+    untouched; once space is freed the same command finishes."""
+    wd = small_disk / "run"
+    flags = (*TINY[:-1], "--config.log_every_steps=100", "--config.eval_every_steps=100",
+             "--config.checkpoint_every_steps=4")
+    assert run_main(wd, *flags, "--config.num_train_steps=4").returncode == 0
+    intact = _files(wd / "checkpoints" / "4")
+    filler = fault_injection.fill_disk(small_disk, leave_kib=48)  # less than a checkpoint
+    r = run_main(wd, *flags, "--config.num_train_steps=12")
+    assert r.returncode == 3, r.stderr[-3000:]
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert lines[-1] == (f"error: no space left on device writing checkpoint 8 under "
+                         f"{wd}/checkpoints; the checkpoint at step 4 is intact; free space and "
+                         "rerun the same command to resume"), r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and sum(x.startswith("error:") for x in lines) == 1
+    st = status(wd)
+    assert st["status"] == "failed" and st["message"] == lines[-1][len("error: "):]
+    assert sorted(p.name for p in (wd / "checkpoints").iterdir()) == ["4"]
+    assert _files(wd / "checkpoints" / "4") == intact
+    filler.unlink()
+    r = run_main(wd, *flags, "--config.num_train_steps=12")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert status(wd)["status"] == "finished" and _checkpoint_steps(wd)[-1] == 12
+
+
+def test_a_bug_in_a_save_keeps_its_traceback_type(tmp_path, monkeypatch):
+    from igc_jax.training import checkpoint
+
+    def broken(self, *args, **kwargs):
+        raise KeyError("a bug, not the disk")
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "_save", broken)
+    with pytest.raises(KeyError, match="a bug, not the disk"):
+        train.train_and_evaluate(tiny_config(num_train_steps=2, checkpoint_every_steps=1),
+                                 str(tmp_path))
+    assert status(tmp_path)["status"] == "failed"
+
+
+@pytest.mark.parametrize("exc, cause", [
+    (OSError(28, "No space left on device", "/x/metrics.jsonl"), "no space left on device"),
+    (PermissionError(13, "Permission denied", "/x"), "permission denied"),
+    (ValueError("RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']"),
+     "no space left on device"),
+    (RuntimeError("shape mismatch"), None),
+])
+def test_environment_causes_are_told_from_bugs(exc, cause):
+    from igc_jax.errors import environment_cause, environment_failure
+    assert environment_cause(exc) == cause
+    wrapped = RuntimeError("orbax failed")
+    wrapped.__cause__ = exc
+    assert environment_cause(wrapped) == cause
+    failure = environment_failure(exc, None, 100)
+    assert (failure is None) == (cause is None)
+    if failure is not None:
+        where = exc.filename if isinstance(exc, OSError) else "the workdir"
+        assert str(failure).startswith(f"{cause} writing {where}; ")
+        assert "the checkpoint at step 100 is intact" in str(failure)
+
+
+# ---------------------------------------------------------------- one live run per workdir
+
+def test_a_live_workdir_is_refused_naming_its_holder_and_a_killed_one_is_not(tmp_path):
+    """While a run is stopped mid-training (SIGSTOP, so nothing it holds changes), a second
+    launch is one line naming it, exit 2, and writes nothing; status.json meanwhile shows its
+    progress. Once it is SIGKILLed its heartbeat goes stale (the report says "dead") and the
+    same command runs."""
+    from igc_jax import report
+    from igc_jax.training.status import run_state
+
+    wd = tmp_path / "run"
+    proc = subprocess.Popen(main_cmd(wd, *TINY, "--config.num_train_steps=400",
+                                     "--config.checkpoint_every_steps=2"),
+                            env=env_with_devices(1, IGC_JAX_HEARTBEAT_S="1"), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (
+                (wd / "metrics.jsonl").exists() and len(train_losses(wd)) >= 3):
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.5)  # a write in flight lands
+        st = status(wd)
+        assert st["status"] == "running" and st["step"] >= 2 and st["pid"] == proc.pid, st
+        assert {"epoch", "loss", "images_per_sec", "heartbeat", "last_checkpoint"} <= set(st)
+        before = _files(wd)
+        r = run_main(wd, *TINY, "--config.num_train_steps=400")
+        assert r.returncode == 2, r.stderr[-3000:]
+        assert r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr[-3000:]
+        assert f"pid {proc.pid}" in r.stderr and "host " in r.stderr and "started " in r.stderr
+        assert _files(wd) == before
+    finally:
+        proc.kill()
+        proc.wait()
+    time.sleep(5)  # > STALE_BEATS heartbeats of 1 s
+    assert run_state(status(wd)) == "dead"
+    assert report.load_run(str(wd)).state == "dead"
+    r = run_main(wd, *TINY, "--config.num_train_steps=6")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert status(wd)["status"] == "finished"

@@ -219,3 +219,19 @@ def test_point_names_are_checked():
         sweep.check_points([("a", {}), ("a", {})])
     with pytest.raises(ValueError, match="must match"):
         sweep.check_points([("a/b", {})])
+
+
+def test_run_sweep_skips_a_live_point_and_reruns_a_dead_one(tmp_path):
+    """A point another process is training (status "running", fresh heartbeat) is left to it;
+    one whose heartbeat is stale died and is run again (it resumes)."""
+    import time
+    path, root = _tiny_sweep_file(tmp_path), tmp_path / "root"
+    for name, age in (("a", 0), ("b", 3600)):
+        (root / name).mkdir(parents=True)
+        (root / name / "status.json").write_text(json.dumps({
+            "status": "running", "step": 4, "num_steps": 10, "heartbeat": time.time() - age,
+            "heartbeat_every_s": 30}))
+    calls = []
+    out = sweep.run_sweep(str(path), str(root), only=["a", "b"], run=lambda c: calls.append(c) or 0,
+                          out=lambda s: None)
+    assert out == {"a": "running elsewhere", "b": "ran"} and len(calls) == 1

@@ -4,21 +4,28 @@ Saves are atomic (orbax writes to a temporary directory, then renames; on gs:// 
 finished checkpoint with commit_success.txt) and synchronous, so a kill during a write leaves the
 previous checkpoints intact and never costs more than one interval. A checkpoint that cannot be
 read back is moved aside to `<workdir>/checkpoints_corrupt/` (never deleted) and the next older
-one is used. Every path goes through etils epath, so the workdir may be local or gs://.
+one is used. A save the environment fails (disk full, permission lost, object store down) removes
+its incomplete temporary directory (`<step>.orbax-checkpoint-tmp*`; one left by a kill is removed
+at the next start) and raises a one-line `EnvironmentFailure`; finished checkpoints are never
+touched. Every path goes through etils epath, so the workdir may be local or gs://.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Any
+import sys
+from typing import Any, Iterator
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from igc_jax.errors import UserError
+from igc_jax.errors import EnvironmentFailure, UserError, environment_failure
 
 log = logging.getLogger(__name__)
+
+TMP_MARK = ".orbax-checkpoint-tmp"  # orbax's suffix of a checkpoint being written
 
 
 class CheckpointError(UserError):
@@ -55,6 +62,52 @@ def files_under(directory: epath.Path) -> list[epath.Path]:
     return out
 
 
+class _Held(logging.Filter):
+    """Holds back error records (orbax logs each failed writer thread's traceback)."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        self.records.append(record)
+        return False
+
+
+@contextlib.contextmanager
+def errors_held_unless_environment() -> Iterator[None]:
+    """While saving, hold back error logs and unraisable-exception reports. A save that fails
+    for the environment drops them for good (its one line says it all; the tracebacks of orbax's
+    abandoned writer threads and callbacks would bury it); otherwise they are replayed."""
+    held, unraisable = _Held(), []
+    handlers = logging.getLogger().handlers
+    hook = sys.unraisablehook
+    for h in handlers:
+        h.addFilter(held)
+    sys.unraisablehook = unraisable.append
+    failed_for_environment = False
+    try:
+        yield
+    except EnvironmentFailure:
+        failed_for_environment = True
+        raise
+    finally:
+        for h in handlers:
+            h.removeFilter(held)
+        if not failed_for_environment:
+            sys.unraisablehook = hook
+            for record in held.records:
+                logging.getLogger(record.name).handle(record)
+            for report in unraisable:
+                hook(report)
+        else:  # the process only winds down now; late callbacks stay quiet too
+            logging.getLogger().addFilter(held)
+            for h in handlers:
+                h.addFilter(held)
+
+
 class Checkpointer:
     """The last `keep` checkpoints of {state, data iterator state}, one directory per step."""
 
@@ -62,6 +115,8 @@ class Checkpointer:
         self.directory = epath.Path(workdir) / "checkpoints"
         self.corrupt_dir = epath.Path(workdir) / "checkpoints_corrupt"
         self._keep = keep
+        self._failed = False
+        self.remove_incomplete()
         self.manager = self._new_manager()
 
     def _new_manager(self) -> ocp.CheckpointManager:
@@ -80,9 +135,38 @@ class Checkpointer:
         """
         if step in self.manager.all_steps():
             return
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
-        self.manager.wait_until_finished()
+        with errors_held_unless_environment():
+            self._save(step, state, data_state)
+
+    def _save(self, step: int, state: Any, data_state: dict) -> None:
+        try:
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+                force=True)
+            self.manager.wait_until_finished()
+        except Exception as e:
+            self._failed = True
+            self.remove_incomplete()
+            intact = max((s for s in self.finished_steps() if s != step), default=None)
+            failure = environment_failure(e, f"checkpoint {step} under {self.directory}", intact)
+            if failure is None:
+                raise
+            raise failure from e
+
+    def finished_steps(self) -> list[int]:
+        """The steps of the checkpoint directories on disk (temporary ones excluded)."""
+        if not self.directory.exists():
+            return []
+        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+
+    def remove_incomplete(self) -> None:
+        """Delete the temporary directories of saves that never finished (process 0)."""
+        if jax.process_index() != 0 or not self.directory.exists():
+            return
+        for p in self.directory.iterdir():
+            if TMP_MARK in p.name:
+                log.info("removing the incomplete checkpoint %s", p)
+                p.rmtree()
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restore one step into the shardings of `abstract_state` (any device count)."""
@@ -136,5 +220,12 @@ class Checkpointer:
         self.manager = self._new_manager()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Wait for the last save (unless one failed: its error was raised already) and close."""
+        if not self._failed:
+            self.manager.wait_until_finished()
+        try:
+            self.manager.close()
+        except Exception as e:  # after a failed save, orbax may re-raise it here
+            if not self._failed:
+                raise
+            log.info("checkpoint manager closed after a failed save: %s", e)

@@ -6,6 +6,7 @@ metrics, status and checkpoints to the workdir.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -19,13 +20,15 @@ import numpy as np
 from etils import epath
 
 from igc_jax import data
-from igc_jax.errors import UserError
+from igc_jax.errors import EnvironmentFailure, UserError, environment_failure, one_line
 from igc_jax.igc import select
 from igc_jax.igc.layers import planned_modes
 from igc_jax.training import checkpoint as ckpt_lib
 from igc_jax.training import sharding, steps
 from igc_jax.training.metrics_log import MetricsLog, read_status
+from igc_jax.training.status import Heartbeat, StatusFile
 from igc_jax.training.validate import preflight, validate
+from igc_jax.training.workdir_lock import me, on_process_0, workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -100,17 +103,6 @@ def finished_already(workdir: epath.Path, num_steps: int) -> str | None:
     best = status.get("best_top1")
     best_text = f" (best {100 * best:.2f}%)" if best is not None else ""
     return f"already finished at step {status['step']}{best_text}; nothing to do"
-
-
-def write_json(path: epath.Path, obj: dict) -> None:
-    if jax.process_index() == 0:
-        text = json.dumps(obj, indent=1, sort_keys=True)
-        if "://" in str(path):  # an object store writes whole objects atomically (no rename)
-            path.write_text(text)
-            return
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
 
 
 # ---------------------------------------------------------------- preemption
@@ -222,23 +214,61 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     Returns the final status dict (also written to `<workdir>/status.json`). Raises Preempted after
     saving a checkpoint on SIGTERM, Diverged on a non-finite loss (nothing non-finite is saved),
-    AlreadyFinished (touching nothing) when the workdir's run finished its steps before.
+    AlreadyFinished (touching nothing) when the workdir's run finished its steps before,
+    WorkdirBusy (a UserError, touching nothing) when a live run holds the workdir, and
+    EnvironmentFailure when the disk or the object store fails a write.
+
+    The lock is checked before the finished check, so a rerun of a finished workdir that another
+    run is continuing (say with more steps) is refused rather than told "nothing to do"; it is
+    taken (the first write) only once the run is known to start.
     """
     # Every check first (igc_jax.training.validate): nothing is written to the workdir, nothing
     # built or compiled, until the run is known to start.
     validate(config)
     mesh = sharding.make_mesh()
     plan = preflight(config, workdir, mesh)
-    info, steps_per_epoch, num_steps = plan.info, plan.steps_per_epoch, plan.num_steps
-    eval_every = plan.eval_every
+    num_steps = plan.num_steps
     wd = epath.Path(workdir)  # local or gs://
     check_resumable(wd, config, allow_config_change)
+    lock = workdir_lock(wd)
+    on_process_0(lock.refuse_if_held, wd)
     done = finished_already(wd, num_steps)
     if done:
         raise AlreadyFinished(done)
 
     wd.mkdir(parents=True, exist_ok=True)
+    on_process_0(lock.acquire, wd)
+    status = StatusFile(wd, {**(read_status(wd) or {}), "status": "running", "message": "",
+                             "num_steps": num_steps, **me()})
+    try:
+        status.write()
+        beating = Heartbeat(lambda: (lock.renew(), status.write()))
+        with beating if jax.process_index() == 0 else contextlib.nullcontext():
+            return _train(config, wd, mesh, plan, status, lock.check, transfer_guard)
+    except Preempted as e:
+        status.fields.update(status="preempted", message=str(e))
+        raise
+    except Exception as e:
+        failure = (None if isinstance(e, EnvironmentFailure) else
+                   environment_failure(e, None, status.fields.get("last_checkpoint")))
+        status.fields.update(status="failed", message=one_line(str(failure or e) or repr(e)))
+        if failure is not None:
+            raise failure from e
+        raise
+    finally:
+        try:
+            status.write()
+        except Exception as e:  # e.g. the disk is still full: the failure above says why
+            log.info("status.json not written: %s", e)
+        if jax.process_index() == 0:
+            lock.release()
 
+
+def _train(config: ml_collections.ConfigDict, wd: epath.Path, mesh, plan, status: StatusFile,
+           check_lock: Callable[[], None], transfer_guard: str) -> dict:
+    """The run itself, in a workdir this run holds; `status.fields` is updated as it goes."""
+    info, steps_per_epoch, num_steps = plan.info, plan.steps_per_epoch, plan.num_steps
+    eval_every = plan.eval_every
     context = select.detect_context()
     model = steps.make_model(config, context)
     conv_modes = record_conv_modes(model, info.image_shape, context)
@@ -268,10 +298,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     metrics_log = MetricsLog(wd, enabled=jax.process_index() == 0)
     metrics_log.rewind(start)
-    status = {"status": "running", "step": start, "num_steps": num_steps, "best_top1": None,
-              "final_top1": None, "images_per_sec": None, "message": "", "conv_modes": conv_modes}
-    status.update(metrics_log.best_and_final())
-    write_json(wd / "status.json", status)
+    status.write(step=start, epoch=round(start / steps_per_epoch, 4), last_checkpoint=last_saved,
+                 images_per_sec=None, loss=None, conv_modes=conv_modes,
+                 **metrics_log.best_and_final())
 
     def save(step):
         nonlocal last_saved
@@ -280,6 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                            f"(last good checkpoint: step {last_saved})")
         checkpointer.save(step, state, train_iter.get_state())
         last_saved = step
+        status.write(step=step, epoch=round(step / steps_per_epoch, 4), last_checkpoint=step)
 
     progress = metrics_log.progress(num_steps, start)
     t_start = time.time()
@@ -306,7 +336,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                         ips = n_window * config.batch_size / (time.perf_counter() - t_window)
                         t_window, n_window = time.perf_counter(), 0
                         metrics_log.train(step, step / steps_per_epoch, m, ips)
-                        status["images_per_sec"] = ips
+                        check_lock()
+                        status.write(step=step, epoch=round(step / steps_per_epoch, 4),
+                                     loss=float(m["loss"]), images_per_sec=ips)
                 progress.update(step)
                 out_of_time = (config.max_train_seconds > 0
                                and time.time() - t_start > config.max_train_seconds)
@@ -318,30 +350,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                         raise Preempted(f"preempted during evaluation: checkpoint saved at "
                                         f"step {step}")
                     metrics_log.eval(step, step / steps_per_epoch, result)
-                    status.update(metrics_log.best_and_final())
+                    status.fields.update(metrics_log.best_and_final())
                 if step % config.checkpoint_every_steps == 0 or step == num_steps or out_of_time:
                     _check_finite(prev, last_saved)
                     save(step)
-                status["step"] = step
+                status.fields["step"] = step
                 if out_of_time:
-                    status["message"] = (f"time budget of {config.max_train_seconds:.0f}s "
-                                         f"reached at step {step}")
+                    status.fields["message"] = (f"time budget of {config.max_train_seconds:.0f}s "
+                                                f"reached at step {step}")
                     break
-        status["status"] = "finished"
-        return status
-    except Preempted as e:
-        status.update(status="preempted", step=step, message=str(e))
-        raise
-    except Exception as e:
-        status.update(status="failed", step=step,
-                      message=str(e).splitlines()[0] if str(e) else repr(e))
-        raise
+        status.fields["status"] = "finished"
+        return status.fields
     finally:
+        status.fields.update(step=step, epoch=round(step / steps_per_epoch, 4))
         profile.stop()
         progress.close()
         checkpointer.close()
         metrics_log.close()
-        write_json(wd / "status.json", status)
 
 
 def _check_finite(prev: tuple[int, jax.Array] | None, last_saved: int | None) -> None:
