@@ -14,7 +14,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,21 +32,11 @@ from igc_jax import data  # noqa: E402
 from igc_jax.data import sources  # noqa: E402
 from igc_jax.training import loop  # noqa: E402
 from igc_jax.training.checkpoint import files_under  # noqa: E402
+from gcs_fault_proxy import client_env, wait_for_port  # noqa: E402
 from run_utils import free_port, tiny_config  # noqa: E402
 from test_data_tfds import _tiny_builder  # noqa: E402
 
 BUCKET = "igc-test"
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, seconds: float) -> bool:
-    deadline = time.time() + seconds
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    return False
 
 
 @pytest.fixture(scope="module")
@@ -60,16 +49,11 @@ def gcs(tmp_path_factory):
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError as e:
         pytest.skip(f"gcp-storage-emulator cannot start: {e}")
-    if not _wait_for_port(port, proc, 30):
+    if not wait_for_port(port, proc, 30):
         proc.kill()
         pytest.skip("gcp-storage-emulator did not start listening within 30 s")
     url = f"http://127.0.0.1:{port}"
-    env = {"STORAGE_EMULATOR_HOST": url, "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,
-           "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
-           "FSSPEC_GCS_TOKEN": "anon", "FSSPEC_GCS_PROJECT": "test",
-           "TENSORSTORE_GCS_HTTP_URL": url, "TENSORSTORE_GCS_HTTP_VERSION": "1.1",
-           "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "TENSORSTORE_GCS_REQUEST_CONCURRENCY": "1",
-           "IGC_JAX_DATA_CACHE": ""}
+    env = {**client_env(url), "IGC_JAX_DATA_CACHE": ""}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     import gcsfs
