@@ -275,3 +275,15 @@ def test_a_live_workdir_is_refused_naming_its_holder_and_a_killed_one_is_not(tmp
     r = run_main(wd, *TINY, "--config.num_train_steps=6")
     assert r.returncode == 0, r.stderr[-3000:]
     assert status(wd)["status"] == "finished"
+
+
+def test_status_json_is_still_written_on_a_disk_with_no_space_left(small_disk):
+    from igc_jax.training.status import write_json
+    path = small_disk / "status.json"
+    write_json(path, {"status": "running", "step": 1})
+    fault_injection.fill_disk(small_disk, leave_kib=0)
+    with pytest.raises(OSError):
+        (small_disk / "other").write_text("x" * 10000)
+    write_json(path, {"status": "failed", "step": 2, "message": "no space left on device"})
+    assert status(small_disk)["status"] == "failed"
+    assert not (small_disk / "status.tmp").exists()

@@ -26,14 +26,25 @@ STALE_BEATS = 4  # a heartbeat older than this many beats marks a dead run
 
 
 def write_json(path: epath.Path, obj: dict) -> None:
-    """Write `obj` whole (process 0 only): temp file + rename locally, one object on gs://."""
+    """Write `obj` whole (process 0 only): temp file + rename locally, one object on gs://.
+
+    On a full disk the temporary file cannot be written, but the file itself can be rewritten in
+    place (its blocks are reused): then it is, so the record of a failure still lands.
+    """
     if jax.process_index() == 0:
         text = json.dumps(obj, indent=1, sort_keys=True)
         if "://" in str(path):  # an object store writes whole objects atomically (no rename)
             path.write_text(text)
             return
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
+        try:
+            tmp.write_text(text)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            if not path.exists():
+                raise
+            path.write_text(text)
+            return
         tmp.replace(path)
 
 
