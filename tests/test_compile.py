@@ -49,14 +49,21 @@ def test_unknown_slices_are_one_user_error(name):
         parse_slice(name)
 
 
-def _linear(base: float, per_example: float, oom_above: float = float("inf")):
+# The two forms of XLA:TPU's out-of-memory compile error (older and current libtpu).
+OOM_MESSAGES = ("Ran out of memory in memory space hbm. Used {need:.2f}G of {have:.2f}G hbm.",
+                "RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: Ran out of memory on HBM, the "
+                "total memory required for HLO temporaries ({need:.2f}G) exceeds available HBM "
+                "({have:.2f}G). HLO module: jit_train.")
+
+
+def _linear(base: float, per_example: float, oom_above: float = float("inf"),
+            message: str = OOM_MESSAGES[0]):
     """A fake compile: the step's bytes per chip grow linearly with the per-device batch (as
     activations do); the compiler refuses outright beyond `oom_above` bytes."""
     def measure(global_batch: int) -> aot.StepReport:
         total = int(base + per_example * global_batch / 8)
         if total > oom_above:
-            return aot.oom_report(f"Ran out of memory in memory space hbm. Used "
-                                  f"{total / GIB:.2f}G of 16.00G hbm.", 0.0)
+            return aot.oom_report(message.format(need=total / GIB, have=oom_above / GIB), 0.0)
         return aot.StepReport(memory={"total": total}, flops=0.0, bytes_accessed=0.0,
                               collectives={}, compile_s=0.0)
     return measure
@@ -72,6 +79,23 @@ def test_largest_batch_is_the_exact_boundary(base, per_example, start):
     assert search.largest == 8 * exact
     assert search.smallest_not_fitting == 8 * (exact + 1)
     assert search.compiles <= 6  # the secant lands next to the boundary, not a blind bisection
+
+
+@pytest.mark.parametrize("message", OOM_MESSAGES)
+def test_largest_batch_uses_the_compilers_own_budget(message):
+    """The compiler refuses above 15.75 GiB (its budget, under the chip's 16): the search ends at
+    the batch that fits that budget, whichever form its error takes."""
+    budget = 15.75 * GIB
+    search = aot.largest_batch(_linear(4e9, 5e6, oom_above=budget, message=message), 8,
+                               16 * GIB, start=32, max_compiles=8)
+    exact = int((budget - 4e9) // 5e6)
+    assert abs(search.largest // 8 - exact) <= 1 and search.smallest_not_fitting // 8 <= exact + 2
+
+
+def test_oom_messages_are_read():
+    for message in OOM_MESSAGES:
+        r = aot.oom_report(message.format(need=48.0, have=15.75), 1.0)
+        assert r.memory == {"total": 48 * GIB, "available": int(15.75 * GIB)} and r.oom
 
 
 def test_largest_batch_when_nothing_fits():

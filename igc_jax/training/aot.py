@@ -42,7 +42,11 @@ _COLLECTIVE = re.compile(r"= (\([^=]*?\)|[a-z0-9]+\[[0-9,]*\](?:\{[^}]*\})?) "
                          r"(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
 _ARRAY = re.compile(r"([a-z0-9]+)\[([0-9,]*)\]")
 # XLA:TPU's out-of-memory compile error, e.g. "Used 20.51G of 15.75G hbm."
-_OOM = re.compile(r"Used ([0-9.]+)([KMGT]) of ([0-9.]+)([KMGT]) hbm")
+# XLA:TPU's out-of-memory compile errors: "Used 20.51G of 15.75G hbm." (older libtpu) and
+# "the total memory required for HLO temporaries (48.00G) exceeds available HBM (15.75G)".
+_OOM = (re.compile(r"Used ([0-9.]+)([KMGT]) of ([0-9.]+)([KMGT]) hbm"),
+        re.compile(r"required for HLO temporaries \(([0-9.]+)([KMGT])\) exceeds available HBM "
+                   r"\(([0-9.]+)([KMGT])\)"))
 _UNIT = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 # The learning-rate schedule is a scalar function baked into the step; its boundaries do not
 # change the program's memory or collectives, so the compile uses a nominal epoch.
@@ -203,11 +207,15 @@ def _cost(compiled) -> dict[str, float | None]:
 
 
 def oom_report(message: str, compile_s: float) -> StepReport:
-    """A step the compiler refused for lack of HBM: the bytes it says it needed."""
-    m = _OOM.search(message)
-    used = int(float(m.group(1)) * _UNIT[m.group(2)]) if m else 0
+    """A step the compiler refused for lack of HBM: the bytes it says it needed ("total", 0 if it
+    does not say) and the HBM it says a chip has for the program ("available")."""
+    m = next((m for m in (p.search(message) for p in _OOM) if m), None)
+    memory = {"total": 0}
+    if m:
+        memory = {"total": int(float(m.group(1)) * _UNIT[m.group(2)]),
+                  "available": int(float(m.group(3)) * _UNIT[m.group(4)])}
     line = next((ln.strip() for ln in message.splitlines() if "memory" in ln.lower()), message)
-    return StepReport(memory={"total": used}, flops=0.0, bytes_accessed=0.0,
+    return StepReport(memory=memory, flops=0.0, bytes_accessed=0.0,
                       collectives={}, compile_s=compile_s, oom=line[:300])
 
 
@@ -300,45 +308,50 @@ class BatchSearch:
         return len(self.per_batch_bytes)
 
 
+def _line(points: list[tuple[int, int]]) -> tuple[float, float] | None:
+    """(intercept, slope) of the least-squares line through (batch, bytes); None if undefined."""
+    if len({b for b, _ in points}) < 2:
+        return None
+    n = len(points)
+    mb, mt = sum(b for b, _ in points) / n, sum(t for _, t in points) / n
+    var = sum((b - mb) ** 2 for b, _ in points)
+    slope = sum((b - mb) * (t - mt) for b, t in points) / var
+    return mt - slope * mb, slope
+
+
 def _next_candidate(known: dict[int, int], lo: int | None, hi: int | None,
                     capacity: int) -> int:
-    """The next per-device batch to compile: where a line through the measured totals reaches
-    `capacity` (a secant step), kept strictly inside the bracket (lo fits, hi does not)."""
+    """The next per-device batch to compile: where the least-squares line through the measured
+    totals reaches `capacity`, kept strictly inside the bracket (lo fits, hi does not). Without
+    a rising line (one point, or totals the compiler did not make monotonic): a proportional
+    step from one point, else a quarter above the largest batch that fits."""
     points = sorted((b, t) for b, t in known.items() if t > 0)
-    if len(points) >= 2:
-        (b0, t0), (b1, t1) = points[-2:] if hi is None else _around(points, lo, hi)
-        slope = (t1 - t0) / (b1 - b0) if b1 != b0 else 0.0
-        guess = b1 + (capacity - t1) / slope if slope > 0 else 2 * b1
+    line = _line(points)
+    if line is not None and line[1] > 0:
+        guess = (capacity - line[0]) / line[1]
+    elif len(points) == 1:
+        guess = points[0][0] * capacity / points[0][1]
     else:
-        b, t = points[0]
-        guess = b * capacity / t if t else 2 * b
-    guess = int(math.floor(guess))
+        guess = 1.25 * (lo or 1)
     low = (lo or 0) + 1
-    high = (hi - 1) if hi is not None else max(2 * (lo or 1), low)
-    if hi is None:
-        return max(guess, low)
-    return min(max(guess, low), high)
-
-
-def _around(points: list[tuple[int, int]], lo: int | None, hi: int) -> list[tuple[int, int]]:
-    """The two measured points nearest the bracket's ends (for the secant)."""
-    below = [p for p in points if lo is not None and p[0] <= lo]
-    above = [p for p in points if p[0] >= hi]
-    if below and above:
-        return [below[-1], above[0]]
-    return points[-2:]
+    guess = max(int(math.floor(guess)), low)
+    return min(guess, hi - 1) if hi is not None else guess
 
 
 def largest_batch(measure: Callable[[int], StepReport], num_devices: int, capacity: int,
                   start: int, max_compiles: int = 8) -> BatchSearch:
-    """Bisection over compiles (secant-guided) for the largest per-device batch whose step
-    fits `capacity` bytes per chip; reported as global batches. `start` is a per-device batch."""
+    """Bisection over compiles, each step guided by a line through the measured totals, for the
+    largest per-device batch whose step fits `capacity` bytes per chip; reported as global
+    batches. `start` is a per-device batch."""
     known: dict[int, int] = {}
     lo, hi = None, None
     b = max(start, 1)
     while len(known) < max_compiles:
         report = measure(b * num_devices)
         known[b] = report.total
+        # The compiler's own HBM budget for a program (a little under the chip's HBM), once an
+        # out-of-memory message has said it.
+        capacity = min(capacity, report.memory.get("available", capacity))
         if report.oom or report.total > capacity:
             hi = b if hi is None else min(hi, b)
         else:
