@@ -73,6 +73,25 @@ def run_job(config: str, topology: str, max_batch: bool, out: Path,
     return json.loads(out.read_text())
 
 
+def load_rows(path: Path, ignore: bool = False) -> list[dict[str, Any]]:
+    """The rows saved so far (another run may be adding to the same file)."""
+    return json.loads(path.read_text())["rows"] if path.exists() and not ignore else []
+
+
+def save_row(path: Path, row: dict[str, Any], meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Add one row to the results file under a lock (two runs may share it); all its rows, with
+    a search's row replacing the plain fit or the older search of the same (config, slice)."""
+    import fcntl
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = [r for r in load_rows(path) if (r["config"], r["topology"]) !=
+                (row["config"], row["topology"]) or ("max_batch" in r and "max_batch" not in row)]
+        rows.append(row)
+        path.write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+    return rows
+
+
 def _gb(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 1e9:.2f}"
 
@@ -131,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default="", help="run only configs whose path contains this")
     parser.add_argument("--no-max-batch", action="store_true", help="skip the batch searches")
     parser.add_argument("--rerun", action="store_true", help="ignore the saved results")
+    parser.add_argument("--slice", default="", help="run only the jobs of this slice")
     parser.add_argument("--max-batch-compiles", type=int, default=5,
                         help="compiles per largest-batch search (the config's batch included)")
     parser.add_argument("--out", type=Path, default=RESULTS / "tpu_compile")
@@ -141,20 +161,17 @@ def main(argv: list[str] | None = None) -> None:
     from igc_jax.training import aot
     aot.check_libtpu()
     path = args.out.with_suffix(".json")
-    saved = json.loads(path.read_text())["rows"] if path.exists() and not args.rerun else []
     meta = {"date": datetime.date.today().isoformat(), "jax": jax.__version__,
             "libtpu": importlib.metadata.version("libtpu"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
-    rows = list(saved)
-    tmp = args.out.with_suffix(".job.json")
+    tmp = args.out.with_suffix(f".job{os.getpid()}.json")
     for config, topology, max_batch in jobs(not args.no_max_batch):
-        if args.only not in config or satisfied((config, topology, max_batch), rows):
+        if (args.only not in config or (args.slice and topology != args.slice)
+                or satisfied((config, topology, max_batch), load_rows(path, args.rerun))):
             continue
         print(f"{config} on {topology}{' (largest batch)' if max_batch else ''} ...", flush=True)
         row = run_job(config, topology, max_batch, tmp, args.max_batch_compiles)
-        rows.append(row)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+        rows = save_row(path, row, meta)
         args.out.with_suffix(".md").write_text(markdown(rows, meta))
         print(f"  {'fits' if row['fits'] else 'does not fit'}: "
               f"{row['need_per_chip_bytes'] / 1e9:.2f} GB per chip", flush=True)
