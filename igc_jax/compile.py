@@ -38,18 +38,25 @@ from ml_collections import config_flags  # noqa: E402
 from igc_jax.cli import parse_absl_flags  # noqa: E402
 from igc_jax.errors import UserError, fail  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py[:arg]).",
-                                lock_config=True)
-flags.DEFINE_string("topology", None, "Cloud TPU accelerator type, as for gcloud: v4-8, v4-32, "
-                    "v5litepod-8 (or v5e-8), v5p-8, v6e-8, v5litepod-256, ...; or NVIDIA GPUs "
-                    "on hosts of 8: h100-8, h100-16, a100-8, ...")
-flags.DEFINE_bool("max_batch", False, "Also find the largest global batch that fits, by "
-                  "bisection over compiles.")
-flags.DEFINE_integer("max_batch_compiles", 8, "At most this many compiles for --max_batch.")
-flags.DEFINE_string("json", None, "Write the whole report as one JSON object to this file "
-                    "('-': standard output).")
-flags.mark_flags_as_required(["config", "topology"])
 FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """Command-line flags, defined only when run as a command (importers, such as tests that
+    format a report, keep their own flags)."""
+    config_flags.DEFINE_config_file("config", None,
+                                    "Experiment config file (experiments/*.py[:arg]).",
+                                    lock_config=True)
+    flags.DEFINE_string("topology", None, "Cloud TPU accelerator type, as for gcloud: v4-8, v4-32, "
+                        "v5litepod-8 (or v5e-8), v5p-8, v6e-8, v5litepod-256, ...; or NVIDIA GPUs "
+                        "on hosts of 8: h100-8, h100-16, a100-8, ...")
+    flags.DEFINE_bool("max_batch", False, "Also find the largest global batch that fits, by "
+                      "bisection over compiles.")
+    flags.DEFINE_integer("max_batch_compiles", 8, "At most this many compiles for --max_batch.")
+    flags.DEFINE_string("json", None, "Write the whole report as one JSON object to this file "
+                        "('-': standard output).")
+    flags.mark_flags_as_required(["config", "topology"])
+
 
 GB = 1e9
 
@@ -186,6 +193,7 @@ def main(argv) -> None:
 
 
 def run() -> None:
+    _define_flags()
     app.run(main, flags_parser=parse_absl_flags)
 
 
