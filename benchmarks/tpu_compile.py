@@ -130,16 +130,19 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     if searches:
         lines += ["", "## The largest global batch that fits (train step)", "",
                   "Bisection over compiles, each step guided by a line through the measured "
-                  "totals; per-device batches are whole numbers, so the answer is exact to one "
-                  "example per chip.", "",
+                  "totals; per-device batches are whole numbers, so a bracketed answer is exact "
+                  "to one example per chip. Where the compile cap came before any batch that "
+                  "does not fit, the largest is a lower bound (≥).", "",
                   "| config | slice | config's batch | largest that fits (per chip) | "
                   "smallest that does not | compiles | GB per chip at each batch |",
                   "|---|---|---|---|---|---|---|"]
         for r in searches:
             b = r["max_batch"]
-            per = f"{b['largest_fitting']} ({b['largest_fitting'] // r['chips']})" \
+            bound = "" if b["smallest_not_fitting"] else "≥ "
+            per = f"{bound}{b['largest_fitting']} ({b['largest_fitting'] // r['chips']})" \
                 if b["largest_fitting"] else "none"
-            totals = ", ".join(f"{k}: {_gb(v)}" for k, v in b["total_bytes_by_batch"].items())
+            totals = ", ".join(f"{k}: {_gb(v)}" for k, v in
+                               sorted(b["total_bytes_by_batch"].items(), key=lambda kv: int(kv[0])))
             lines.append(f"| {r['config']} | {r['topology']} | {r['batch_size']} | {per} | "
                          f"{b['smallest_not_fitting'] or '—'} | {b['compiles']} | {totals} |")
     return "\n".join(lines) + "\n"
