@@ -34,7 +34,7 @@ import ml_collections
 from igc_jax import configs
 from igc_jax.igc.select import ModeContext
 from igc_jax.training import sharding, steps
-from igc_jax.training.aot import collectives
+from igc_jax.training.aot import collectives, cost
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # name -> (config file, overrides of model fields, image size): the three networks of issue 15.
@@ -76,14 +76,6 @@ def compiled_step(config: ml_collections.ConfigDict, mesh, *, per_device: bool =
                   context: ModeContext | None = None):
     """The compiled train step of `config` on `mesh`; nothing runs."""
     return traced_step(config, mesh, per_device=per_device, context=context).lower().compile()
-
-
-def cost(compiled) -> dict[str, float]:
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0]
-    return {"flops": float(analysis.get("flops", 0.0)),
-            "bytes_accessed": float(analysis.get("bytes accessed", 0.0))}
 
 
 def measure(name: str, mode: str, devices: int, *, batch: int, per_device: bool,

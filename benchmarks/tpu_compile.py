@@ -42,14 +42,11 @@ MAX_BATCH_SLICES = ("v5litepod-8", "v4-8")     # the largest batch that fits, Im
 def jobs(max_batch: bool) -> list[tuple[str, str, bool]]:
     """(config, slice, search the largest batch) in the order they run: the plain fits first; a
     search's report holds the fit at the config's batch too."""
+    searched = MAX_BATCH_SLICES if max_batch else ()
     out = [(c, SMALL_SLICE, False) for c in SMALL]
-    out += [(c, s, max_batch and s in MAX_BATCH_SLICES) for s in IMAGENET_SLICES
-            for c in IMAGENET if not (max_batch and s in MAX_BATCH_SLICES)]
-    out += [(c, s, max_batch and s in MAX_BATCH_SLICES) for s in IMAGENET_SLICES
-            for c in IMAGENET if max_batch and s in MAX_BATCH_SLICES]
-    if max_batch:
-        out += [(c, s, True) for s in MAX_BATCH_SLICES if s not in IMAGENET_SLICES
-                for c in IMAGENET]
+    out += [(c, s, False) for s in IMAGENET_SLICES if s not in searched for c in IMAGENET]
+    out += [(c, s, True) for s in dict.fromkeys((*IMAGENET_SLICES, *searched))
+            if s in searched for c in IMAGENET]
     return out
 
 

@@ -194,7 +194,7 @@ def _memory(compiled) -> dict[str, int]:
     return {k: int(v) for k, v in out.items()}
 
 
-def _cost(compiled) -> dict[str, float | None]:
+def cost(compiled) -> dict[str, float | None]:
     """FLOPs and bytes accessed per device; None where the compiler has no cost analysis (the
     CUDA plugin's compile-only executables return None)."""
     analysis = compiled.cost_analysis()
@@ -238,9 +238,9 @@ def compile_report(traced) -> StepReport:
             raise
         return oom_report(str(e), time.perf_counter() - t)
     seconds = time.perf_counter() - t
-    cost = _cost(compiled)
-    return StepReport(memory=_memory(compiled), flops=cost["flops"],
-                      bytes_accessed=cost["bytes_accessed"],
+    analysis = cost(compiled)
+    return StepReport(memory=_memory(compiled), flops=analysis["flops"],
+                      bytes_accessed=analysis["bytes_accessed"],
                       collectives=collectives(compiled.as_text()), compile_s=seconds)
 
 
