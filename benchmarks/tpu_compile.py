@@ -50,20 +50,42 @@ def jobs(max_batch: bool) -> list[tuple[str, str, bool]]:
     return out
 
 
+TOLERANCE = 0.01  # a search ends when its bracket is 1 % of the largest batch that fits
+
+
+def bracketed(search: dict[str, Any], chips: int) -> bool:
+    """Whether a saved search has found the boundary: one example per chip, or TOLERANCE."""
+    lo, hi = search["largest_fitting"], search["smallest_not_fitting"]
+    return hi is not None and (lo is None or hi - lo <= max(chips, TOLERANCE * lo))
+
+
+def saved(job: tuple[str, str, bool], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The saved row of the job's (config, slice), if any."""
+    config, topology, _ = job
+    return next((r for r in rows if r["config"] == config and r["topology"] == topology), None)
+
+
 def satisfied(job: tuple[str, str, bool], rows: list[dict[str, Any]]) -> bool:
-    """Whether a saved row answers the job (a search's row answers the plain fit too)."""
-    config, topology, max_batch = job
-    return any(r["config"] == config and r["topology"] == topology
-               and ("max_batch" in r or not max_batch) for r in rows)
+    """Whether a saved row answers the job (a search's row answers the plain fit too; a search
+    cut off by its compile cap is taken up again)."""
+    row = saved(job, rows)
+    return row is not None and (not job[2] or ("max_batch" in row and
+                                               bracketed(row["max_batch"], row["chips"])))
 
 
-def run_job(config: str, topology: str, max_batch: bool, out: Path,
-            max_compiles: int) -> dict[str, Any]:
-    """One `python -m igc_jax.compile` in its own process (a fresh compiler each time)."""
+def run_job(config: str, topology: str, max_batch: bool, out: Path, max_compiles: int,
+            resume: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One `python -m igc_jax.compile` in its own process (a fresh compiler each time); a search
+    goes on from `resume`, the saved row of an unfinished one."""
     cmd = [sys.executable, "-m", "igc_jax.compile", f"--config={config}",
            f"--topology={topology}", f"--json={out}"]
     if max_batch:
-        cmd += ["--max_batch", f"--max_batch_compiles={max_compiles}"]
+        cmd += ["--max_batch", f"--max_batch_compiles={max_compiles}",
+                f"--max_batch_tolerance={TOLERANCE}"]
+        if resume is not None and "max_batch" in resume:
+            prior = out.with_suffix(".resume.json")
+            prior.write_text(json.dumps(resume))
+            cmd.append(f"--max_batch_resume={prior}")
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {r.returncode}:\n{r.stderr[-3000:]}")
@@ -127,9 +149,12 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     if searches:
         lines += ["", "## The largest global batch that fits (train step)", "",
                   "Bisection over compiles, each step guided by a line through the measured "
-                  "totals; per-device batches are whole numbers, so a bracketed answer is exact "
-                  "to one example per chip. Where the compile cap came before any batch that "
-                  "does not fit, the largest is a lower bound (≥).", "",
+                  "totals (`--max_batch`), stopped when the bracket (the largest batch that fits, "
+                  "the smallest that does not) is one example per chip or "
+                  f"{TOLERANCE:.0%} wide; a search cut off by its compile cap is taken up again "
+                  "by the next run (`--max_batch_resume`). Where the compile cap came before any "
+                  "batch that does not fit, the largest is a lower bound (≥). \"compiles\" "
+                  "counts every compile of the search, the config's batch included.", "",
                   "| config | slice | config's batch | largest that fits (per chip) | "
                   "smallest that does not | compiles | GB per chip at each batch |",
                   "|---|---|---|---|---|---|---|"]
@@ -152,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rerun", action="store_true", help="ignore the saved results")
     parser.add_argument("--slice", default="", help="run only the jobs of this slice")
     parser.add_argument("--max-batch-compiles", type=int, default=5,
-                        help="compiles per largest-batch search (the config's batch included)")
+                        help="new compiles per run of a largest-batch search")
     parser.add_argument("--out", type=Path, default=RESULTS / "tpu_compile")
     args = parser.parse_args(argv)
     import importlib.metadata
@@ -170,12 +195,14 @@ def main(argv: list[str] | None = None) -> None:
                 or satisfied((config, topology, max_batch), load_rows(path, args.rerun))):
             continue
         print(f"{config} on {topology}{' (largest batch)' if max_batch else ''} ...", flush=True)
-        row = run_job(config, topology, max_batch, tmp, args.max_batch_compiles)
+        row = run_job(config, topology, max_batch, tmp, args.max_batch_compiles,
+                      resume=saved((config, topology, max_batch), load_rows(path, args.rerun)))
         rows = save_row(path, row, meta)
         args.out.with_suffix(".md").write_text(markdown(rows, meta))
         print(f"  {'fits' if row['fits'] else 'does not fit'}: "
               f"{row['need_per_chip_bytes'] / 1e9:.2f} GB per chip", flush=True)
     tmp.unlink(missing_ok=True)
+    tmp.with_suffix(".resume.json").unlink(missing_ok=True)
     print(f"wrote {args.out.with_suffix('.md')}")
 
 

@@ -53,6 +53,12 @@ def _define_flags() -> None:
     flags.DEFINE_bool("max_batch", False, "Also find the largest global batch that fits, by "
                       "bisection over compiles.")
     flags.DEFINE_integer("max_batch_compiles", 8, "At most this many compiles for --max_batch.")
+    flags.DEFINE_float("max_batch_tolerance", 0.0, "Stop --max_batch when the bracket is this "
+                       "fraction of the largest batch that fits (0: one example per chip).",
+                       lower_bound=0.0, upper_bound=0.5)
+    flags.DEFINE_string("max_batch_resume", None, "Go on with the --max_batch search of an "
+                        "earlier --json report of the same config and topology: its compiles "
+                        "are not repeated.")
     flags.DEFINE_string("json", None, "Write the whole report as one JSON object to this file "
                         "('-': standard output).")
     flags.mark_flags_as_required(["config", "topology"])
@@ -67,14 +73,35 @@ def step_dict(report) -> dict[str, Any]:
             "compile_s": round(report.compile_s, 1), "out_of_memory": report.oom or None}
 
 
+def prior_search(path: str, config, topology: str) -> tuple[dict[int, int], int | None]:
+    """({global batch: bytes per chip}, the compiler's budget) of the largest-batch search in an
+    earlier --json report, which must be of the same network, topology and dtype."""
+    from igc_jax.configs.networks import network_name
+    try:
+        with open(path) as f:
+            r = json.load(f)
+        b, key = r["max_batch"], (r["network"], r["topology"], r["dtype"])
+        prior = {int(k): int(v) for k, v in b["total_bytes_by_batch"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--max_batch_resume={path}: not a --max_batch --json report "
+                        f"({type(e).__name__}: {e})") from None
+    mine = (network_name(config.model), topology, config.dtype)
+    if key != mine:
+        raise UserError(f"--max_batch_resume={path} is a search of {key[0]} on {key[1]} in "
+                        f"{key[2]}, not of {mine[0]} on {mine[1]} in {mine[2]}")
+    return prior, b.get("budget_bytes")
+
+
 def compile_config(config, topology: str, *, max_batch: bool = False,
-                   max_batch_compiles: int = 8, progress=print) -> dict[str, Any]:
+                   max_batch_compiles: int = 8, resume: str | None = None,
+                   tolerance: float = 0.0, progress=print) -> dict[str, Any]:
     """The report (a JSON-able dict) of `config`'s steps compiled for the TPU slice or GPU target
-    `topology`."""
+    `topology`; `resume`, an earlier report whose largest-batch search this one goes on with."""
     from igc_jax.configs.networks import network_name
     from igc_jax.igc.select import ModeContext
     from igc_jax.training import aot
     slc = aot.plan(config, topology)
+    prior, budget = prior_search(resume, config, topology) if resume else ({}, None)
     devices = aot.target_devices(slc)
     progress(f"compiling {network_name(config.model)} for {slc.describe()}: "
              f"{devices[0].device_kind}, topology {slc.topology_name}")
@@ -107,12 +134,15 @@ def compile_config(config, topology: str, *, max_batch: bool = False,
                          f"{reports[batch].total / 1e9:.2f} GB per chip")
             return reports[batch]
 
-        search = aot.largest_batch(measure, slc.chips, slc.hbm_bytes,
+        prior.setdefault(config.batch_size, train.total)
+        search = aot.largest_batch(measure, slc.chips, budget or slc.hbm_bytes,
                                    start=config.batch_size // slc.chips,
-                                   max_compiles=max_batch_compiles)
+                                   max_compiles=max_batch_compiles, prior=prior,
+                                   tolerance=tolerance)
         out["max_batch"] = {"largest_fitting": search.largest,
                             "smallest_not_fitting": search.smallest_not_fitting,
-                            "compiles": search.compiles,
+                            "compiles": len(search.per_batch_bytes),
+                            "budget_bytes": search.budget,
                             "total_bytes_by_batch": {str(k): v for k, v in
                                                      search.per_batch_bytes.items()}}
     return out
@@ -178,6 +208,8 @@ def main(argv) -> None:
     try:
         report = compile_config(config, FLAGS.topology, max_batch=FLAGS.max_batch,
                                 max_batch_compiles=FLAGS.max_batch_compiles,
+                                resume=FLAGS.max_batch_resume,
+                                tolerance=FLAGS.max_batch_tolerance,
                                 progress=lambda s: print(s, file=sys.stderr, flush=True))
     except UserError as e:  # anything else is a bug: its traceback, exit 1
         fail(str(e))

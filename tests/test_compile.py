@@ -92,6 +92,33 @@ def test_largest_batch_uses_the_compilers_own_budget(message):
     assert abs(search.largest // 8 - exact) <= 1 and search.smallest_not_fitting // 8 <= exact + 2
 
 
+def test_a_resumed_search_ends_where_an_uncapped_one_does_without_repeating_compiles():
+    capacity, measured = 16 * GIB, []
+    fake = _linear(1e9, 0.2e9, oom_above=capacity * 1.2)
+
+    def measure(global_batch):
+        measured.append(global_batch)
+        return fake(global_batch)
+
+    whole = aot.largest_batch(fake, 8, capacity, start=16, max_compiles=12)
+    first = aot.largest_batch(measure, 8, capacity, start=16, max_compiles=2)
+    assert first.smallest_not_fitting is None  # cut off before the bracket
+    measured.clear()
+    rest = aot.largest_batch(measure, 8, capacity, start=16, max_compiles=12,
+                             prior=first.per_batch_bytes)
+    assert (rest.largest, rest.smallest_not_fitting) == (whole.largest, whole.smallest_not_fitting)
+    assert not set(measured) & set(first.per_batch_bytes) and rest.compiles == len(measured)
+
+
+def test_a_tolerance_stops_at_a_bracket_that_narrow():
+    capacity = 16 * GIB
+    search = aot.largest_batch(_linear(1e9, 0.01e9, oom_above=capacity * 1.2), 8, capacity,
+                               start=16, max_compiles=12, tolerance=0.02)
+    exact = int((capacity - 1e9) // 0.01e9)
+    lo, hi = search.largest // 8, search.smallest_not_fitting // 8
+    assert lo <= exact < hi and hi - lo <= 0.02 * lo
+
+
 def test_oom_messages_are_read():
     for message in OOM_MESSAGES:
         r = aot.oom_report(message.format(need=48.0, have=15.75), 1.0)
@@ -132,6 +159,25 @@ def test_bad_input_is_refused_before_compiling(overrides, topology, message):
     config.update(overrides)
     with pytest.raises(UserError, match=re.escape(message)):
         aot.plan(config, topology)
+
+
+@pytest.mark.parametrize("saved, message", [
+    ({"network": "IGC-L24M2 (D=20)", "topology": "v5litepod-8", "dtype": "float32",
+      "max_batch": {"total_bytes_by_batch": {"64": 1}}}, "is a search of IGC-L24M2 (D=20)"),
+    ({"network": "IGC-L4M4 (D=8)", "topology": "v5litepod-8"}, "not a --max_batch --json"),
+])
+def test_a_resumed_search_must_be_of_the_same_program(saved, message, tmp_path):
+    from igc_jax.compile import prior_search
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(saved))
+    config = configs.load_config("experiments/quickstart.py")
+    with pytest.raises(UserError, match=re.escape(message)):
+        prior_search(str(path), config, "v5litepod-8")
+
+    path.write_text(json.dumps({**saved, "network": "IGC-L4M4 (D=8)", "dtype": "float32",
+                                "max_batch": {"total_bytes_by_batch": {"64": 5, "128": 9},
+                                              "budget_bytes": 7}}))
+    assert prior_search(str(path), config, "v5litepod-8") == ({64: 5, 128: 9}, 7)
 
 
 def test_bad_input_is_one_line_and_exit_2():

@@ -302,10 +302,8 @@ class BatchSearch:
     largest: int | None
     smallest_not_fitting: int | None
     per_batch_bytes: dict[int, int]
-
-    @property
-    def compiles(self) -> int:
-        return len(self.per_batch_bytes)
+    budget: int       # the bytes per chip a step may take: the compiler's, once it said
+    compiles: int     # this search's, not the prior's
 
 
 def _line(points: list[tuple[int, int]]) -> tuple[float, float] | None:
@@ -320,11 +318,20 @@ def _line(points: list[tuple[int, int]]) -> tuple[float, float] | None:
 
 
 def _next_candidate(known: dict[int, int], lo: int | None, hi: int | None,
-                    capacity: int) -> int:
-    """The next per-device batch to compile: where the least-squares line through the measured
-    totals reaches `capacity`, kept strictly inside the bracket (lo fits, hi does not). Without
+                    capacity: int, bisect: bool = False) -> int:
+    """The next per-device batch to compile. Unbracketed (nothing too big yet): a little past
+    where the least-squares line through the measured totals reaches `capacity`, so that the
+    next compile brackets the boundary (near its budget the compiler trades speed for memory and
+    the totals flatten, so a line aimed exactly at the budget creeps up on it from below).
+    Bracketed (lo fits, hi does not): the secant through the bracket's two ends, or its midpoint
+    when `bisect` (the caller's safeguard when a secant step did not halve the bracket). Without
     a rising line (one point, or totals the compiler did not make monotonic): a proportional
-    step from one point, else a quarter above the largest batch that fits."""
+    step, else a quarter above the largest batch that fits."""
+    if lo is not None and hi is not None:
+        t_lo, t_hi = known[lo], known[hi]
+        guess = ((lo + hi) / 2 if bisect or t_hi <= t_lo
+                 else lo + (capacity - t_lo) * (hi - lo) / (t_hi - t_lo))
+        return min(max(int(math.floor(guess)), lo + 1), hi - 1)
     points = sorted((b, t) for b, t in known.items() if t > 0)
     line = _line(points)
     if line is not None and line[1] > 0:
@@ -334,20 +341,38 @@ def _next_candidate(known: dict[int, int], lo: int | None, hi: int | None,
     else:
         guess = 1.25 * (lo or 1)
     low = (lo or 0) + 1
-    guess = max(int(math.floor(guess)), low)
-    return min(guess, hi - 1) if hi is not None else guess
+    guess = max(guess, low) * (OVERSHOOT if len(points) > 1 else 1.0)
+    return max(int(math.floor(guess)), low)
+
+
+OVERSHOOT = 1.03  # the unbracketed step's margin past the line's crossing
 
 
 def largest_batch(measure: Callable[[int], StepReport], num_devices: int, capacity: int,
-                  start: int, max_compiles: int = 8) -> BatchSearch:
+                  start: int, max_compiles: int = 8,
+                  prior: dict[int, int] | None = None, tolerance: float = 0.0) -> BatchSearch:
     """Bisection over compiles, each step guided by a line through the measured totals, for the
     largest per-device batch whose step fits `capacity` bytes per chip; reported as global
-    batches. `start` is a per-device batch."""
-    known: dict[int, int] = {}
-    lo, hi = None, None
-    b = max(start, 1)
-    while len(known) < max_compiles:
+    batches. `start` is a per-device batch. `prior` ({global batch: bytes per chip} of an
+    earlier search of the same program, `capacity` being the compiler's budget it learned) lets
+    a search go on where that one stopped; `max_compiles` counts the new compiles only. It stops
+    when the bracket is one example per device wide, or `tolerance` (a fraction) of the largest
+    batch that fits."""
+
+    def done(lo: int | None, hi: int | None) -> bool:
+        return lo is not None and hi is not None and hi - lo <= max(1, tolerance * lo)
+
+    known: dict[int, int] = {g // num_devices: t for g, t in (prior or {}).items()}
+    lo = max((b for b, t in known.items() if t <= capacity), default=None)
+    hi = min((b for b, t in known.items() if t > capacity), default=None)
+    if lo is not None:
+        b = _next_candidate(known, lo, hi, capacity)
+    else:
+        b = max(hi // 2, 1) if hi is not None else max(start, 1)
+    compiles, width = 0, None
+    while compiles < max_compiles and b not in known and not done(lo, hi):
         report = measure(b * num_devices)
+        compiles += 1
         known[b] = report.total
         # The compiler's own HBM budget for a program (a little under the chip's HBM), once an
         # out-of-memory message has said it.
@@ -356,13 +381,13 @@ def largest_batch(measure: Callable[[int], StepReport], num_devices: int, capaci
             hi = b if hi is None else min(hi, b)
         else:
             lo = b if lo is None else max(lo, b)
-        if lo is not None and hi is not None and hi - lo <= 1:
+        if done(lo, hi) or (hi is not None and lo is None and b == 1):
             break
-        if hi is not None and lo is None and b == 1:
-            break
-        b = _next_candidate(known, lo, hi, capacity) if lo is not None else max(b // 2, 1)
-        if b in known:
-            break
+        new_width = hi - lo if lo is not None and hi is not None else None
+        bisect = width is not None and new_width is not None and 2 * new_width > width
+        width = new_width
+        b = _next_candidate(known, lo, hi, capacity, bisect) if lo is not None else max(b // 2, 1)
     return BatchSearch(largest=lo * num_devices if lo else None,
                        smallest_not_fitting=hi * num_devices if hi else None,
-                       per_batch_bytes={k * num_devices: v for k, v in sorted(known.items())})
+                       per_batch_bytes={k * num_devices: v for k, v in sorted(known.items())},
+                       budget=capacity, compiles=compiles)
