@@ -52,7 +52,7 @@ def previous_train(jpegs, u) -> np.ndarray:
         top, left, ch, cw = preprocess.random_crop_box(image.shape[0], image.shape[1], ui)
         x = np.asarray(Image.fromarray(image).resize(
             (SIZE, SIZE), Image.BILINEAR, box=(left, top, left + cw, top + ch)))
-        crops.append(x[:, ::-1] if ui[preprocess._U_FLIP] < 0.5 else x)
+        crops.append(x[:, ::-1] if ui[randomness.U_FLIP] < 0.5 else x)
     return preprocess.normalize(preprocess.color_jitter(np.stack(crops), u, JITTER), NORM)
 
 
@@ -70,7 +70,7 @@ def previous_mxnet_train(jpegs, u) -> np.ndarray:
         out = np.asarray(Image.fromarray(pixels).transform(
             (SIZE, SIZE), Image.AFFINE, (bw / SIZE, 0.0, left, 0.0, bh / SIZE, top),
             resample=Image.BILINEAR, fillcolor=preprocess.MXNET_FILL))
-        crops.append(out[:, ::-1] if ui[preprocess._U_FLIP] < 0.5 else out)
+        crops.append(out[:, ::-1] if ui[randomness.U_FLIP] < 0.5 else out)
     x = _previous_hsl_jitter(np.stack(crops), u).astype(np.float32)
     mean, std = preprocess.NORMALIZATION["imagenet_igc_mxnet"]
     x -= np.asarray(mean, np.float32)
@@ -180,8 +180,8 @@ def tf_pipelines(jpegs, u, batch: int):
     tf.config.threading.set_inter_op_parallelism_threads(1)
     boxes = np.asarray([preprocess.random_crop_box(*preprocess.encoded_size(j), ui)
                         for j, ui in zip(jpegs, u)], np.int32)
-    flips = u[:, preprocess._U_FLIP] < 0.5
-    factors = (1.0 + JITTER * (2.0 * u[:, preprocess._U_JITTER:preprocess._U_JITTER + 3]
+    flips = u[:, randomness.U_FLIP] < 0.5
+    factors = (1.0 + JITTER * (2.0 * u[:, randomness.U_JITTER:randomness.U_JITTER + 3]
                                - 1.0)).astype(np.float32)
     mean, std = (tf.constant(v, tf.float32) for v in preprocess.NORMALIZATION[NORM])
     luma = tf.constant([0.299, 0.587, 0.114], tf.float32)
@@ -263,7 +263,7 @@ def pipeline_rate(data_dir: str, workers: int, batches: int) -> dict:
 
 def run(results_dir: Path, n: int = 128, rounds: int = 7, batches: int = 24) -> dict:
     jpegs = photo_jpegs(n)
-    u = randomness.example_uniforms(0, 0, np.arange(n), preprocess.NUM_UNIFORMS)
+    u = randomness.example_uniforms(0, 0, np.arange(n), randomness.NUM_UNIFORMS)
     prep = preprocess.Preprocessing("imagenet_inception", NORM, SIZE, JITTER)
     env = {"cpus": os.cpu_count(), "affinity_cpus": pipeline.available_cpus(),
            "load_average": [round(x, 2) for x in os.getloadavg()],

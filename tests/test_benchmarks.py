@@ -105,7 +105,7 @@ def test_imagenet_benchmark_compares_the_same_transform():
     from igc_jax.data import preprocess, randomness
 
     jpegs = photo_jpegs(8)
-    u = randomness.example_uniforms(0, 0, np.arange(8), preprocess.NUM_UNIFORMS)
+    u = randomness.example_uniforms(0, 0, np.arange(8), randomness.NUM_UNIFORMS)
     prep = preprocess.Preprocessing("imagenet_inception", bench.NORM, bench.SIZE, bench.JITTER)
     # One step of 1/255 of the range, scaled by the jitter (at most 1.4³) and 1/std (< 1/57).
     np.testing.assert_allclose(prep.train(list(jpegs), u), bench.previous_train(jpegs, u),

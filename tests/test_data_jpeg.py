@@ -22,6 +22,7 @@ from PIL import Image
 
 from igc_jax.data import preprocess as P
 from igc_jax.data import randomness
+from igc_jax.data.randomness import U_FLIP
 from run_utils import ROOT
 
 sys.path.insert(0, str(ROOT))
@@ -39,7 +40,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 def photos():
     jpegs = photo_jpegs(N)
     return jpegs, [decode_full(j) for j in jpegs], randomness.example_uniforms(
-        3, 1, np.arange(N), P.NUM_UNIFORMS)
+        3, 1, np.arange(N), randomness.NUM_UNIFORMS)
 
 
 def test_the_crop_box_comes_from_the_stored_size(photos):
@@ -66,7 +67,7 @@ def test_crop_before_resize_matches_resizing_the_box_of_the_whole_image(photos):
             whole = np.asarray(Image.fromarray(a).resize(
                 (size, size), Image.BILINEAR, box=(left, top, left + cw, top + ch)))
             out = P.imagenet_train_crop(a, ui, size)
-            diff = np.abs((out[:, ::-1] if ui[P._U_FLIP] < 0.5 else out).astype(int) - whole)
+            diff = np.abs((out[:, ::-1] if ui[U_FLIP] < 0.5 else out).astype(int) - whole)
             # The same filter; PIL's fixed-point weights, computed for the shifted box, round
             # some sums the other way (a ±1 on ~15% of values, PSNR > 50 dB).
             assert diff.max() <= 1 and _psnr(whole, whole + diff) > 50
@@ -115,7 +116,7 @@ def test_non_jpeg_and_grayscale_files_decode_through_the_fallback():
     assert np.array_equal(P.decode(png.getvalue(), 3), rgb)
     gray = io.BytesIO()
     Image.fromarray(rgb[..., 0]).save(gray, "JPEG", quality=95)
-    out = P.imagenet_train_crop(gray.getvalue(), np.full(P.NUM_UNIFORMS, 0.3), 32)
+    out = P.imagenet_train_crop(gray.getvalue(), np.full(randomness.NUM_UNIFORMS, 0.3), 32)
     assert out.shape == (32, 32, 3) and np.array_equal(out[..., 0], out[..., 2])
 
 

@@ -7,18 +7,19 @@ from hypothesis import given, settings, strategies as st
 
 from igc_jax.data import preprocess as P
 from igc_jax.data import randomness
+from igc_jax.data.randomness import U_FLIP, U_JITTER, U_POS
 
 PAD = P.CIFAR_PAD
 
 
 def _uniforms(n: int, seed: int = 0) -> np.ndarray:
-    return randomness.example_uniforms(seed, 0, np.arange(n), P.NUM_UNIFORMS)
+    return randomness.example_uniforms(seed, 0, np.arange(n), randomness.NUM_UNIFORMS)
 
 
 def _with(u: np.ndarray, **columns: float) -> np.ndarray:
     """u with the crop position / flip columns set (values in [0, 1))."""
     u = u.copy()
-    names = {"dy": P._U_POS, "dx": P._U_POS + 1, "flip": P._U_FLIP}
+    names = {"dy": U_POS, "dx": U_POS + 1, "flip": U_FLIP}
     for name, value in columns.items():
         u[:, names[name]] = value
     return u
@@ -100,13 +101,13 @@ def test_spec_constants():
 @settings(max_examples=200, deadline=None)
 @given(h=st.integers(1, 600), w=st.integers(1, 600), seed=st.integers(0, 2**32 - 1))
 def test_random_crop_box_inside_the_image(h, w, seed):
-    u = randomness.example_uniforms(seed, 0, [0], P.NUM_UNIFORMS)[0]
+    u = randomness.example_uniforms(seed, 0, [0], randomness.NUM_UNIFORMS)[0]
     top, left, ch, cw = P.random_crop_box(h, w, u)
     assert 0 <= top and top + ch <= h and 0 <= left and left + cw <= w and ch > 0 and cw > 0
 
 
 def test_random_crop_box_scale_and_aspect():
-    u = randomness.example_uniforms(3, 0, np.arange(2000), P.NUM_UNIFORMS)
+    u = randomness.example_uniforms(3, 0, np.arange(2000), randomness.NUM_UNIFORMS)
     boxes = np.array([P.random_crop_box(375, 500, ui) for ui in u])
     area = boxes[:, 2] * boxes[:, 3] / (375 * 500)
     aspect = boxes[:, 3] / boxes[:, 2]
@@ -117,9 +118,9 @@ def test_random_crop_box_scale_and_aspect():
 def test_imagenet_train_crop_flip_and_shape():
     image = np.random.default_rng(2).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     u = _uniforms(1)[0]
-    u[P._U_FLIP] = 0.9
+    u[U_FLIP] = 0.9
     plain = P.imagenet_train_crop(image, u, 64)
-    u[P._U_FLIP] = 0.1
+    u[U_FLIP] = 0.1
     flipped = P.imagenet_train_crop(image, u, 64)
     assert plain.shape == (64, 64, 3) and plain.dtype == np.uint8
     assert np.array_equal(flipped, plain[:, ::-1])
@@ -152,13 +153,13 @@ def test_color_jitter_neutral_factors_and_range():
     images = np.random.default_rng(6).integers(0, 256, (3, 8, 8, 3)).astype(np.float32)
     u = _uniforms(3)
     neutral = u.copy()
-    neutral[:, P._U_JITTER:P._U_JITTER + 3] = 0.5          # every factor exactly 1
+    neutral[:, U_JITTER:U_JITTER + 3] = 0.5          # every factor exactly 1
     np.testing.assert_allclose(P.color_jitter(images, neutral, 0.4), images, atol=1e-3)
     out = P.color_jitter(images, u, 0.4)
     assert out.min() >= 0 and out.max() <= 255 and not np.allclose(out, images)
     grey = np.full((3, 8, 8, 3), 100.0, np.float32)        # contrast and saturation keep grey
     bright = P.color_jitter(grey, u, 0.4)
-    factors = 1 + 0.4 * (2 * u[:, P._U_JITTER] - 1)
+    factors = 1 + 0.4 * (2 * u[:, U_JITTER] - 1)
     np.testing.assert_allclose(bright, grey * factors[:, None, None, None], rtol=1e-5)
 
 
@@ -198,7 +199,7 @@ def test_epoch_permutation():
 # (123, 113, 99); random 224 crop; integer HSL offsets within ±36 (H), ±50 (S, L).
 
 def _mxnet_u(n: int, seed: int = 0) -> np.ndarray:
-    return randomness.example_uniforms(seed, 0, np.arange(n), P.NUM_UNIFORMS)
+    return randomness.example_uniforms(seed, 0, np.arange(n), randomness.NUM_UNIFORMS)
 
 
 def test_mxnet_crop_scale_and_aspect_ranges_over_many_draws():
@@ -233,12 +234,12 @@ def test_mxnet_crop_fills_where_the_scaled_image_does_not_reach():
     image[...] = (200, 50, 10)
     u = _mxnet_u(1)[0].copy()
     u[0], u[1] = 0.0, 1.0 - 1e-9
-    u[P._U_POS], u[P._U_POS + 1], u[P._U_FLIP] = 0.0, 0.0, 0.9
+    u[U_POS], u[U_POS + 1], u[U_FLIP] = 0.0, 0.0, 0.9
     out = P.mxnet_train_crop(image, u, 224)
     assert out.shape == (224, 224, 3) and out.dtype == np.uint8
     assert np.all(out[:, :18] == (123, 113, 99))
     assert np.all(out[:, 20:] == (200, 50, 10))
-    flipped = P.mxnet_train_crop(image, np.where(np.arange(len(u)) == P._U_FLIP, 0.1, u), 224)
+    flipped = P.mxnet_train_crop(image, np.where(np.arange(len(u)) == U_FLIP, 0.1, u), 224)
     assert np.array_equal(flipped, out[:, ::-1])
 
 
@@ -261,7 +262,7 @@ def test_mxnet_hsl_jitter_moves_hue_saturation_lightness_by_the_offsets():
     colour = np.asarray([170, 110, 80], np.uint8)           # h 20°, l 0.49, s 0.36
     images = np.broadcast_to(colour, (4, 2, 2, 3)).copy()
     u = _mxnet_u(4)
-    u[:, P._U_JITTER:P._U_JITTER + 3] = [[0.5, 0.5, 0.5], [0.75, 0.5, 0.5],
+    u[:, U_JITTER:U_JITTER + 3] = [[0.5, 0.5, 0.5], [0.75, 0.5, 0.5],
                                           [0.5, 0.8, 0.5], [0.5, 0.5, 0.2]]
     dh, ds, dl = P.mxnet_hsl_offsets(u).T
     assert list(dh) == [0, 18, 0, 0] and list(ds) == [0, 0, 30, 0] and list(dl) == [0, 0, 0, -30]
@@ -274,7 +275,7 @@ def test_mxnet_hsl_jitter_moves_hue_saturation_lightness_by_the_offsets():
         assert abs(s - (s0 + ds[i] / 255)) < 4 / 255, i
     magenta = np.broadcast_to(np.asarray([250, 20, 60], np.uint8), (1, 1, 1, 3)).copy()  # 350°
     uh = _mxnet_u(1)
-    uh[:, P._U_JITTER:P._U_JITTER + 3] = [1.0 - 1e-9, 0.5, 0.5]                 # dh = +35
+    uh[:, U_JITTER:U_JITTER + 3] = [1.0 - 1e-9, 0.5, 0.5]                 # dh = +35
     h, _, _ = colorsys.rgb_to_hls(*(P.mxnet_hsl_jitter(magenta, uh)[0, 0, 0] / 255))
     assert h * 360 > 355 or h * 360 < 1                    # clipped to red, not wrapped to 60°
 
@@ -286,7 +287,7 @@ def test_mxnet_lightness_offsets_move_greys_exactly_and_keep_white_white():
     greys = np.arange(256, dtype=np.uint8)[:, None, None].repeat(3, 2)[None]      # 1×256×1×3
     for dl, u_l in [(-30, 0.2), (30, 0.8)]:
         u = _mxnet_u(1)
-        u[:, P._U_JITTER:P._U_JITTER + 3] = [0.5, 0.5, u_l]
+        u[:, U_JITTER:U_JITTER + 3] = [0.5, 0.5, u_l]
         assert P.mxnet_hsl_offsets(u).tolist() == [[0, 0, dl]]
         out = P.mxnet_hsl_jitter(greys, u)
         expected = np.clip(np.arange(256) + dl, 0, 255)[:, None, None].repeat(3, 2)

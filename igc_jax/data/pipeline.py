@@ -136,7 +136,7 @@ class TrainBatches:
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         epoch, idx = self.indices(step)
         images, labels = self.split.read(idx)
-        u = randomness.example_uniforms(self.seed, epoch, idx, preprocess.NUM_UNIFORMS)
+        u = randomness.example_uniforms(self.seed, epoch, idx, randomness.NUM_UNIFORMS)
         return {"image": self.preprocessing.train(images, u), "label": labels.astype(np.int32)}
 
 

@@ -1,8 +1,7 @@
 """Image preprocessing of spec §4, as pure functions of the images and per-example uniforms.
 
-All randomness enters as a (B, NUM_UNIFORMS) array of uniforms (`randomness.example_uniforms`, a
-hash of seed, epoch and example index): an example's augmentation depends on nothing else, so a
-batch is the same whichever process, worker or thread builds it, and a resumed run repeats it.
+All randomness enters as a (B, randomness.NUM_UNIFORMS) array of uniforms
+(`randomness.example_uniforms`, a hash of seed, epoch and example index, columns as laid out there).
 
 CIFAR-size work is vectorised over the batch (one gather for pad + crop + flip); ImageNet crops
 and resizes go through PIL one image at a time (the images differ in size), then the colour jitter
@@ -29,6 +28,8 @@ import cv2
 import numpy as np
 import simplejpeg
 from PIL import Image
+
+from igc_jax.data.randomness import CROP_ATTEMPTS, U_FLIP, U_JITTER, U_POS
 
 # The pipeline runs one image per thread or worker process; OpenCV's own thread pool on top of
 # that would only oversubscribe the cores.
@@ -74,15 +75,8 @@ MXNET_FILL = (123, 113, 99)         # fill_value_r/g/b
 CIFAR_PAD = 4
 CROP_SCALE = (0.08, 1.0)           # area fraction of the random crop (Inception / ResNet recipe)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
-CROP_ATTEMPTS = 10
 EVAL_RESIZE = 256.0 / 224.0        # short side before the centre crop, relative to image_size
 DEFAULT_COLOR_JITTER = 0.4         # brightness, contrast, saturation factors in [1-s, 1+s]
-
-# Columns of the per-example uniforms: 2 per crop attempt, crop position (2), flip, jitter (3).
-_U_POS = 2 * CROP_ATTEMPTS
-_U_FLIP = _U_POS + 2
-_U_JITTER = _U_FLIP + 1
-NUM_UNIFORMS = _U_JITTER + 3       # pad + crop + flip use the position and flip columns
 
 
 def normalize(images: np.ndarray, normalization: str) -> np.ndarray:
@@ -119,17 +113,17 @@ def pad_crop_flip(images: np.ndarray, u: np.ndarray, pad: int = CIFAR_PAD,
     H×W, random horizontal flip.
 
     One `np.take` of pixels for the whole batch (flat pixel indices into the padded batch); the
-    offsets come from u[:, _U_POS:_U_POS+2], the flip (u[:, _U_FLIP] < 0.5) reverses the columns.
+    offsets come from u[:, U_POS:U_POS+2], the flip (u[:, U_FLIP] < 0.5) reverses the columns.
     """
     b, h, w, c = images.shape
     hp, wp = h + 2 * pad, w + 2 * pad
     padded = np.empty((b, hp, wp, c), images.dtype)
     padded[...] = np.asarray(fill, images.dtype)
     padded[:, pad:pad + h, pad:pad + w] = images
-    dy = np.floor(u[:, _U_POS] * (2 * pad + 1)).astype(np.intp)
-    dx = np.floor(u[:, _U_POS + 1] * (2 * pad + 1)).astype(np.intp)
+    dy = np.floor(u[:, U_POS] * (2 * pad + 1)).astype(np.intp)
+    dx = np.floor(u[:, U_POS + 1] * (2 * pad + 1)).astype(np.intp)
     cols = dx[:, None] + np.arange(w)
-    cols = np.where((u[:, _U_FLIP] < 0.5)[:, None], cols[:, ::-1], cols)
+    cols = np.where((u[:, U_FLIP] < 0.5)[:, None], cols[:, ::-1], cols)
     rows = (np.arange(b) * hp + dy)[:, None] + np.arange(h)
     pixels = rows[:, :, None] * wp + cols[:, None, :]
     return np.take(padded.reshape(-1, c), pixels, axis=0)
@@ -148,8 +142,8 @@ def random_crop_box(height: int, width: int, u: np.ndarray) -> tuple[int, int, i
         aspect = math.exp(log_lo + u[2 * t + 1] * (log_hi - log_lo))
         cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < cw <= width and 0 < ch <= height:
-            top = int(u[_U_POS] * (height - ch + 1))
-            left = int(u[_U_POS + 1] * (width - cw + 1))
+            top = int(u[U_POS] * (height - ch + 1))
+            left = int(u[U_POS + 1] * (width - cw + 1))
             return top, left, ch, cw
     aspect = width / height
     if aspect < CROP_RATIO[0]:
@@ -276,7 +270,7 @@ def mxnet_crop_box(height: int, width: int, u: np.ndarray,
 
     The 480 short-side storage and the random scale/aspect resize compose into one scale per
     axis, so the crop is one resample of this box (which may reach past the image: fill there).
-    Draws: u[0] scale, u[1] aspect, u[_U_POS:_U_POS+2] the crop's integer offset on the canvas.
+    Draws: u[0] scale, u[1] aspect, u[U_POS:U_POS+2] the crop's integer offset on the canvas.
     """
     f = MXNET_STORED_SHORT_SIDE / min(height, width)
     rows, cols = height * f, width * f
@@ -286,8 +280,8 @@ def mxnet_crop_box(height: int, width: int, u: np.ndarray,
     ws = r * hs
     canvas_w, canvas_h = max(MXNET_MIN_IMG_SIZE, s * cols), max(MXNET_MIN_IMG_SIZE, s * rows)
     tx, ty = (canvas_w - hs * cols) / 2, (canvas_h - ws * rows) / 2
-    y0 = math.floor(u[_U_POS] * (int(canvas_h) - size + 1))
-    x0 = math.floor(u[_U_POS + 1] * (int(canvas_w) - size + 1))
+    y0 = math.floor(u[U_POS] * (int(canvas_h) - size + 1))
+    x0 = math.floor(u[U_POS + 1] * (int(canvas_w) - size + 1))
     return (y0 - ty) / (ws * f), (x0 - tx) / (hs * f), size / (ws * f), size / (hs * f)
 
 
@@ -308,9 +302,9 @@ def mxnet_train_crop(image: Encoded, u: np.ndarray, size: int, channels: int = 3
 
 
 def _maybe_flip(image: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """H×W×C mirrored left-right when u[_U_FLIP] < 0.5 (OpenCV's flip: a contiguous copy, several
+    """H×W×C mirrored left-right when u[U_FLIP] < 0.5 (OpenCV's flip: a contiguous copy, several
     times faster than numpy copying the reversed view)."""
-    if u[_U_FLIP] >= 0.5:
+    if u[U_FLIP] >= 0.5:
         return image
     return cv2.flip(image, 1).reshape(image.shape)
 
@@ -318,7 +312,7 @@ def _maybe_flip(image: np.ndarray, u: np.ndarray) -> np.ndarray:
 def mxnet_hsl_offsets(u: np.ndarray) -> np.ndarray:
     """(B, 3) integer (h, s, l) offsets: int(u·2R − R) per channel, truncated toward zero (C++)."""
     r = np.asarray(MXNET_HSL, np.float64)
-    return np.trunc(u[:, _U_JITTER:_U_JITTER + 3] * 2 * r - r).astype(np.int32)
+    return np.trunc(u[:, U_JITTER:U_JITTER + 3] * 2 * r - r).astype(np.int32)
 
 
 def mxnet_hsl_jitter(images: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -373,7 +367,7 @@ def imagenet_eval_crop(image: Encoded, size: int, channels: int = 3) -> np.ndarr
 
 def color_jitter(images: np.ndarray, u: np.ndarray, strength: float) -> np.ndarray:
     """Brightness, contrast, saturation (in order), factors 1 + strength·(2u − 1); float 0–255."""
-    factors = (1.0 + strength * (2.0 * u[:, _U_JITTER:_U_JITTER + 3] - 1.0)).astype(np.float32)
+    factors = (1.0 + strength * (2.0 * u[:, U_JITTER:U_JITTER + 3] - 1.0)).astype(np.float32)
     x = images.astype(np.float32) * factors[:, 0, None, None, None]
     gray = _gray(x)
     mean = gray.mean(axis=(1, 2, 3), keepdims=True)
@@ -403,7 +397,7 @@ def color_jitter_normalize(images: np.ndarray | list[np.ndarray], u: np.ndarray,
         images = np.stack(images)
     if isinstance(images, np.ndarray) and (images.ndim != 4 or images.shape[-1] != 3):
         return normalize(color_jitter(images, u, strength), normalization)
-    f = (1.0 + strength * (2.0 * u[:, _U_JITTER:_U_JITTER + 3] - 1.0)).astype(np.float32)
+    f = (1.0 + strength * (2.0 * u[:, U_JITTER:U_JITTER + 3] - 1.0)).astype(np.float32)
     b, c, s = f[:, 0], f[:, 1], f[:, 2]
     n, (h, w, _) = len(images), images[0].shape
     mean, std = (np.asarray(v, np.float32) for v in NORMALIZATION[normalization])

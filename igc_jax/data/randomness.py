@@ -4,6 +4,10 @@ The epoch order is a hash of (seed, epoch, example index) sorted; an example's a
 uniforms are a hash of (seed, epoch, example index, column). Nothing depends on which process,
 worker or thread computes them, or on what was computed before, so batch k can be rebuilt alone
 (resume at step k) and the numbers never change with library versions (no numpy Generator streams).
+
+Augmentation takes all its randomness as one (B, NUM_UNIFORMS) array of these uniforms: an
+example's augmentation depends on nothing else, so a batch is the same whichever process, worker or
+thread builds it, and a resumed run repeats it. The column layout below is shared by every recipe.
 """
 from __future__ import annotations
 
@@ -15,6 +19,15 @@ import numpy as np
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MASK64 = (1 << 64) - 1
 _ORDER, _AUGMENT = 1, 2     # domain separation of the two uses
+
+# Columns of the per-example augmentation uniforms: 2 per attempt of the random-area crop
+# (Inception; the MXNet recipe reads its scale and aspect from the first two), crop position (2),
+# flip, colour jitter (3). The CIFAR pad + crop + flip use the position and flip columns.
+CROP_ATTEMPTS = 10
+U_POS = 2 * CROP_ATTEMPTS
+U_FLIP = U_POS + 2
+U_JITTER = U_FLIP + 1
+NUM_UNIFORMS = U_JITTER + 3
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
