@@ -37,7 +37,7 @@ from PIL import Image
 
 from benchmarks.photos import build_tiny_imagenet, decode_full, photo_jpegs
 from igc_jax import configs, data
-from igc_jax.data import pipeline, preprocess, randomness
+from igc_jax.data import jpeg, normalization, pipeline, preprocess, randomness
 
 SIZE = 224
 NORM = "imagenet"
@@ -53,7 +53,7 @@ def previous_train(jpegs, u) -> np.ndarray:
         x = np.asarray(Image.fromarray(image).resize(
             (SIZE, SIZE), Image.BILINEAR, box=(left, top, left + cw, top + ch)))
         crops.append(x[:, ::-1] if ui[randomness.U_FLIP] < 0.5 else x)
-    return preprocess.normalize(preprocess.color_jitter(np.stack(crops), u, JITTER), NORM)
+    return normalization.normalize(preprocess.color_jitter(np.stack(crops), u, JITTER), NORM)
 
 
 def previous_mxnet_train(jpegs, u) -> np.ndarray:
@@ -62,9 +62,9 @@ def previous_mxnet_train(jpegs, u) -> np.ndarray:
     to even, where OpenCV rounds it up, and made white NaN) and numpy normalisation."""
     crops = []
     for j, ui in zip(jpegs, u):
-        h, w = preprocess.encoded_size(j)
+        h, w = jpeg.encoded_size(j)
         top, left, bh, bw = preprocess.mxnet_crop_box(h, w, ui, SIZE)
-        pixels = preprocess.decode(j, 3, preprocess.dct_reduction(bh, bw, SIZE))
+        pixels = jpeg.decode(j, 3, jpeg.dct_reduction(bh, bw, SIZE))
         sy, sx = pixels.shape[0] / h, pixels.shape[1] / w
         top, left, bh, bw = top * sy, left * sx, bh * sy, bw * sx
         out = np.asarray(Image.fromarray(pixels).transform(
@@ -72,7 +72,7 @@ def previous_mxnet_train(jpegs, u) -> np.ndarray:
             resample=Image.BILINEAR, fillcolor=preprocess.MXNET_FILL))
         crops.append(out[:, ::-1] if ui[randomness.U_FLIP] < 0.5 else out)
     x = _previous_hsl_jitter(np.stack(crops), u).astype(np.float32)
-    mean, std = preprocess.NORMALIZATION["imagenet_igc_mxnet"]
+    mean, std = normalization.NORMALIZATION["imagenet_igc_mxnet"]
     x -= np.asarray(mean, np.float32)
     x *= np.float32(1.0) / np.asarray(std, np.float32)
     return x
@@ -146,7 +146,7 @@ def previous_eval(jpegs) -> np.ndarray:
         resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
         top, left = (new_h - SIZE) // 2, (new_w - SIZE) // 2
         out.append(resized[top:top + SIZE, left:left + SIZE])
-    return preprocess.normalize(np.stack(out), NORM)
+    return normalization.normalize(np.stack(out), NORM)
 
 
 def _interleaved(fns: dict[tuple[str, str], object], n: int, rounds: int) -> dict:
@@ -178,12 +178,12 @@ def tf_pipelines(jpegs, u, batch: int):
         return None
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    boxes = np.asarray([preprocess.random_crop_box(*preprocess.encoded_size(j), ui)
+    boxes = np.asarray([preprocess.random_crop_box(*jpeg.encoded_size(j), ui)
                         for j, ui in zip(jpegs, u)], np.int32)
     flips = u[:, randomness.U_FLIP] < 0.5
     factors = (1.0 + JITTER * (2.0 * u[:, randomness.U_JITTER:randomness.U_JITTER + 3]
                                - 1.0)).astype(np.float32)
-    mean, std = (tf.constant(v, tf.float32) for v in preprocess.NORMALIZATION[NORM])
+    mean, std = (tf.constant(v, tf.float32) for v in normalization.NORMALIZATION[NORM])
     luma = tf.constant([0.299, 0.587, 0.114], tf.float32)
     options = tf.data.Options()
     options.threading.private_threadpool_size = 1
@@ -271,7 +271,7 @@ def run(results_dir: Path, n: int = 128, rounds: int = 7, batches: int = 24) -> 
            "pillow": importlib.metadata.version("pillow"),
            "simplejpeg": importlib.metadata.version("simplejpeg"),
            "grain": importlib.metadata.version("grain"), "platform": platform.platform()}
-    sizes = [preprocess.encoded_size(j) for j in jpegs]
+    sizes = [jpeg.encoded_size(j) for j in jpegs]
     photos = {"count": n, "mean_kb": round(float(np.mean([len(j) for j in jpegs])) / 1000, 1),
               "height": [min(s[0] for s in sizes), max(s[0] for s in sizes)],
               "width": [min(s[1] for s in sizes), max(s[1] for s in sizes)],

@@ -119,7 +119,7 @@ def test_cifar_reference_pytorch_schedule_is_igc_jax_schedule():
 
     from benchmarks import cifar_reference as ref
     from igc_jax import configs
-    from igc_jax.data import preprocess
+    from igc_jax.data.normalization import NORMALIZATION
     from igc_jax.training import steps
 
     c = configs.load_config("experiments/cifar10_igc.py:L24M2,D8")
@@ -131,7 +131,7 @@ def test_cifar_reference_pytorch_schedule_is_igc_jax_schedule():
     np.testing.assert_allclose(ours, theirs, rtol=1e-6)
     assert sorted(set(np.round(ours, 8))) == [1e-4, 1e-3, 1e-2, 0.1]
     assert c.dataset.normalization == "cifar10"
-    assert (ref.MEAN, ref.STD) == preprocess.NORMALIZATION["cifar10"]
+    assert (ref.MEAN, ref.STD) == NORMALIZATION["cifar10"]
     assert (ref.LR, ref.MOMENTUM, ref.WEIGHT_DECAY) == (c.learning_rate, c.momentum,
                                                          c.weight_decay)
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from igc_jax import configs, data
-from igc_jax.data import preprocess, sources
+from igc_jax.data import sources
+from igc_jax.data.normalization import NORMALIZATION, normalize
 
 CIFAR10_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 N_TRAIN, N_TEST = 61, 23      # neither divides the batch sizes used below
@@ -131,7 +132,7 @@ def test_eval_images_are_the_normalised_stored_images(arrays_dir):
     config = _config(arrays_dir, eval_batch_size=N_TEST)
     batch = next(data.eval_batches(config, process_index=0, process_count=1))
     stored = np.load(arrays_dir / "test.npz")["image"]
-    assert np.array_equal(batch["image"], preprocess.normalize(stored, "cifar10"))
+    assert np.array_equal(batch["image"], normalize(stored, "cifar10"))
     again = next(data.eval_batches(config, process_index=0, process_count=1))
     assert np.array_equal(batch["image"], again["image"])
 
@@ -261,6 +262,6 @@ def test_real_cifar10_arrays_load_with_the_spec_statistics():
     images, labels = train.read(np.arange(len(train)))
     assert images.shape == (50000, 32, 32, 3) and np.bincount(labels).tolist() == [5000] * 10
     mean = images.reshape(-1, 3).mean(axis=0, dtype=np.float64)
-    assert np.allclose(mean, preprocess.NORMALIZATION["cifar10"][0], atol=0.01)
+    assert np.allclose(mean, NORMALIZATION["cifar10"][0], atol=0.01)
     test_images, _ = sources.open_split(c.dataset, "test", info).read(np.arange(10000))
     assert test_images.shape == (10000, 32, 32, 3)

@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from igc_jax.data import jpeg
 from igc_jax.data import preprocess as P
+from igc_jax.data.normalization import normalize
 from igc_jax.data import randomness
 from igc_jax.data.randomness import U_FLIP
 from run_utils import ROOT
@@ -45,10 +47,10 @@ def photos():
 
 def test_the_crop_box_comes_from_the_stored_size(photos):
     jpegs, full, _ = photos
-    assert [P.encoded_size(j) for j in jpegs] == [a.shape[:2] for a in full]
-    assert {P.decode(j, 3).shape for j in jpegs[:4]} == {a.shape for a in full[:4]}
+    assert [jpeg.encoded_size(j) for j in jpegs] == [a.shape[:2] for a in full]
+    assert {jpeg.decode(j, 3).shape for j in jpegs[:4]} == {a.shape for a in full[:4]}
     # The reduction is the largest power of two at which the box still covers the output.
-    assert [P.dct_reduction(h, w, 224) for h, w in [(447, 900), (448, 448), (1800, 900), (
+    assert [jpeg.dct_reduction(h, w, 224) for h, w in [(447, 900), (448, 448), (1800, 900), (
         4000, 4000)]] == [1, 2, 4, 8]
 
 
@@ -85,7 +87,7 @@ def test_reduced_decodes_stay_within_the_psnr_bound(photos, size):
     reduced, fast, box = 0, [], []
     for j, a, ui in zip(jpegs, full, u):
         top, left, ch, cw = P.random_crop_box(a.shape[0], a.shape[1], ui)
-        reduced += P.dct_reduction(ch, cw, size) > 1
+        reduced += jpeg.dct_reduction(ch, cw, size) > 1
         fast.append(_psnr(P.imagenet_train_crop(j, ui, size), P.imagenet_train_crop(a, ui, size)))
         bilinear, other = (np.asarray(Image.fromarray(a).resize(
             (size, size), f, box=(left, top, left + cw, top + ch)))
@@ -103,7 +105,7 @@ def test_fused_jitter_and_normalisation_equal_the_two_steps(photos):
     x = np.stack([P.imagenet_train_crop(j, ui, 64) for j, ui in zip(jpegs, u)])
     for strength in (0.4, 0.9):
         fused = P.color_jitter_normalize(x, u, strength, "imagenet")
-        two = P.normalize(P.color_jitter(x, u, strength), "imagenet")
+        two = normalize(P.color_jitter(x, u, strength), "imagenet")
         np.testing.assert_allclose(fused, two, atol=2e-5)
 
 
@@ -113,7 +115,7 @@ def test_non_jpeg_and_grayscale_files_decode_through_the_fallback():
     rgb = rng.integers(0, 256, (50, 70, 3), np.uint8)
     png = io.BytesIO()
     Image.fromarray(rgb).save(png, "PNG")
-    assert np.array_equal(P.decode(png.getvalue(), 3), rgb)
+    assert np.array_equal(jpeg.decode(png.getvalue(), 3), rgb)
     gray = io.BytesIO()
     Image.fromarray(rgb[..., 0]).save(gray, "JPEG", quality=95)
     out = P.imagenet_train_crop(gray.getvalue(), np.full(randomness.NUM_UNIFORMS, 0.3), 32)
@@ -144,7 +146,7 @@ def test_mxnet_crops_match_the_authors_two_step_pipeline(photos):
     values, reduced = [], 0
     for j, ui in zip(list(jpegs[:12]) + big, list(u[:12]) + list(u[:12])):
         a = decode_full(j)
-        reduced += P.dct_reduction(*P.mxnet_crop_box(*a.shape[:2], ui, 224)[2:], 224) > 1
+        reduced += jpeg.dct_reduction(*P.mxnet_crop_box(*a.shape[:2], ui, 224)[2:], 224) > 1
         values.append(_psnr(P.mxnet_train_crop(j, ui, 224),
                             P.mxnet_train_crop(stored_480(a), ui, 224)))
     assert reduced >= 10

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from igc_jax.data import preprocess as P
+from igc_jax.data.normalization import NORMALIZATION, fill_colour, normalize
 from igc_jax.data import randomness
 from igc_jax.data.randomness import U_FLIP, U_JITTER, U_POS
 
@@ -68,34 +69,34 @@ def test_cifar_border_is_the_official_mean_colour(dataset):
     images = np.full((3, 32, 32, 3), 7, np.uint8)
     u = _with(_uniforms(3), dy=0.0, dx=0.0, flip=0.9)            # offset 0: PAD-wide border
     prep = P.Preprocessing(augment="cifar", normalization=dataset, image_size=32)
-    raw = P.pad_crop_flip(images, u, fill=P.fill_colour(dataset))
+    raw = P.pad_crop_flip(images, u, fill=fill_colour(dataset))
     assert np.all(raw[:, :PAD] == OFFICIAL_CIFAR_FILL[dataset])
     assert np.all(raw[:, :, :PAD] == OFFICIAL_CIFAR_FILL[dataset])
     assert np.all(raw[:, PAD:, PAD:] == 7)
     x = prep.train(images, u)
-    std = np.asarray(P.NORMALIZATION[dataset][1])
+    std = np.asarray(NORMALIZATION[dataset][1])
     assert np.all(np.abs(x[:, :PAD]) <= 0.5 / std + 1e-6)
     zero = P.Preprocessing(augment="cifar_zero_pad", normalization=dataset, image_size=32)
-    black = -np.asarray(P.NORMALIZATION[dataset][0]) / std
+    black = -np.asarray(NORMALIZATION[dataset][0]) / std
     np.testing.assert_allclose(zero.train(images, u)[:, :PAD], np.broadcast_to(
         black, (3, PAD, 32, 3)), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(P.NORMALIZATION))
+@pytest.mark.parametrize("name", sorted(NORMALIZATION))
 def test_normalising_a_constant_image(name):
-    mean, std = P.NORMALIZATION[name]
+    mean, std = NORMALIZATION[name]
     for value in (0, 128, 255):
         image = np.full((2, 4, 4, len(mean)), value, np.uint8)
-        out = P.normalize(image, name)
+        out = normalize(image, name)
         assert out.dtype == np.float32
         expected = (value - np.asarray(mean)) / np.asarray(std)
         np.testing.assert_allclose(out, np.broadcast_to(expected, out.shape), rtol=1e-6, atol=1e-6)
 
 
 def test_spec_constants():
-    assert P.NORMALIZATION["cifar10"] == ((125.307, 122.950, 113.865), (62.993, 62.089, 66.705))
-    assert P.NORMALIZATION["cifar100"] == ((129.304, 124.070, 112.434), (68.170, 65.392, 70.418))
-    assert P.NORMALIZATION["svhn"] == ((111.609, 113.161, 120.565), (50.498, 51.259, 50.244))
+    assert NORMALIZATION["cifar10"] == ((125.307, 122.950, 113.865), (62.993, 62.089, 66.705))
+    assert NORMALIZATION["cifar100"] == ((129.304, 124.070, 112.434), (68.170, 65.392, 70.418))
+    assert NORMALIZATION["svhn"] == ((111.609, 113.161, 120.565), (50.498, 51.259, 50.244))
 
 
 @settings(max_examples=200, deadline=None)
@@ -146,7 +147,7 @@ def test_eval_preprocessing_is_deterministic():
     assert first.shape == (4, 32, 32, 3) and np.array_equal(first, second)
     cifar = P.Preprocessing("cifar", "cifar10", 32)
     batch = np.stack([im[:32, :32] for im in images])
-    assert np.array_equal(cifar.eval(batch), P.normalize(batch, "cifar10"))
+    assert np.array_equal(cifar.eval(batch), normalize(batch, "cifar10"))
 
 
 def test_color_jitter_neutral_factors_and_range():
@@ -167,7 +168,7 @@ def test_train_transform_of_a_constant_image_without_padding():
     prep = P.Preprocessing("none", "svhn", 32)
     image = np.full((2, 32, 32, 3), 111, np.uint8)
     out = prep.train(image, _uniforms(2))
-    mean, std = P.NORMALIZATION["svhn"]
+    mean, std = NORMALIZATION["svhn"]
     np.testing.assert_allclose(out, np.broadcast_to((111 - np.asarray(mean)) / np.asarray(std),
                                                     out.shape), atol=1e-6)
 
@@ -295,7 +296,7 @@ def test_mxnet_lightness_offsets_move_greys_exactly_and_keep_white_white():
 
 
 def test_mxnet_preprocessing_uses_the_authors_constants_and_eval_crop():
-    assert P.NORMALIZATION["imagenet_igc_mxnet"] == ((123.370, 112.757, 99.406),
+    assert NORMALIZATION["imagenet_igc_mxnet"] == ((123.370, 112.757, 99.406),
                                                      (68.998, 66.093, 68.292))
     assert P.MXNET_FILL == (123, 113, 99)
     rng = np.random.default_rng(9)
@@ -303,7 +304,7 @@ def test_mxnet_preprocessing_uses_the_authors_constants_and_eval_crop():
                            dtype=np.uint8) for _ in range(3)]
     prep = P.Preprocessing("imagenet_mxnet", "imagenet_igc_mxnet", 224)
     expected = np.stack([P.imagenet_eval_crop(im, 224) for im in images])
-    np.testing.assert_array_equal(prep.eval(images), P.normalize(expected, "imagenet_igc_mxnet"))
+    np.testing.assert_array_equal(prep.eval(images), normalize(expected, "imagenet_igc_mxnet"))
     u = _mxnet_u(3)
     first, second = prep.train(images, u), prep.train(images, u)
     assert first.shape == (3, 224, 224, 3) and np.array_equal(first, second)

@@ -19,7 +19,8 @@ from tensorflow_datasets.datasets.svhn_cropped import svhn_cropped_dataset_build
 from tensorflow_datasets.image_classification import cifar  # noqa: E402
 
 from igc_jax import configs, data  # noqa: E402
-from igc_jax.data import preprocess, sources  # noqa: E402
+from igc_jax.data import sources  # noqa: E402
+from igc_jax.data.normalization import NORMALIZATION  # noqa: E402
 
 # name → (registered builder class, {split: (first example number v, number of examples)}).
 # CIFAR / SVHN image v is 32×32 with every pixel v, so an example is identified by its pixels;
@@ -84,7 +85,7 @@ def _config(name: str, data_dir: Path, batch_size: int = 8, eval_batch_size: int
 
 def _values(batch: dict, normalization: str) -> list[int]:
     """The constant pixel value of each real example, recovered from the normalised image."""
-    mean, std = preprocess.NORMALIZATION[normalization]
+    mean, std = NORMALIZATION[normalization]
     pixels = batch["image"][:, 16, 16, 0] * std[0] + mean[0]
     return np.rint(pixels[batch["mask"] == 1]).astype(int).tolist()
 

@@ -6,53 +6,24 @@ All randomness enters as a (B, randomness.NUM_UNIFORMS) array of uniforms
 CIFAR-size work is vectorised over the batch (one gather for pad + crop + flip); ImageNet crops
 and resizes go through PIL one image at a time (the images differ in size), then the colour jitter
 and normalisation run on the whole batch, as one per-image 3×3 colour matrix (Inception) or as
-OpenCV's own 8-bit HLS conversion (MXNet, the authors' library call); uint8 batches are
-normalised by one table lookup per pixel.
-
-ImageNet images may arrive as encoded JPEG bytes (TFDS records read without TFDS's decoding): the
-crop box is drawn from the stored size (read from the JPEG header, so the same box as for the
-decoded image), the JPEG is decoded by libjpeg-turbo (simplejpeg) at the smallest power-of-two DCT
-scale (1, 1/2, 1/4, 1/8) at which the box still has at least `size` pixels on each side, and only
-the box (plus the resampling filter's margin) is resized. The result stays within a PSNR bound of
-the full-resolution path (tests/test_data_jpeg.py); anything simplejpeg cannot decode (CMYK, PNG)
-goes through PIL at full resolution.
+OpenCV's own 8-bit HLS conversion (MXNet, the authors' library call), then `normalization`.
+ImageNet images may arrive encoded: `jpeg` decodes each at the smallest DCT scale its crop box
+allows.
 """
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
-from typing import Union
 
 import cv2
 import numpy as np
-import simplejpeg
 from PIL import Image
 
+from igc_jax.data.jpeg import Encoded, crop_source, decode, dct_reduction, encoded_size
+from igc_jax.data.jpeg import from_pil, is_encoded, resize_box, to_pil
+from igc_jax.data.normalization import NORMALIZATION, fill_colour, normalize
 from igc_jax.data.randomness import CROP_ATTEMPTS, U_FLIP, U_JITTER, U_POS
 
-# The pipeline runs one image per thread or worker process; OpenCV's own thread pool on top of
-# that would only oversubscribe the cores.
-cv2.setNumThreads(1)
-
-# An ImageNet-style image: decoded uint8 H×W×C, or the encoded file (JPEG, or anything PIL reads).
-Encoded = Union[bytes, np.ndarray]
-MAX_DCT_REDUCTION = 8              # libjpeg-turbo's scaled IDCT: 1/1, 1/2, 1/4, 1/8
-
-# Per-channel mean and std on the 0–255 scale, keyed by `config.dataset.normalization`.
-# cifar10 / cifar100 / svhn: spec §4. imagenet: the usual ImageNet statistics
-# (0.485, 0.456, 0.406) and (0.229, 0.224, 0.225) times 255. digits: the train split of
-# scikit-learn's digits (`sources.DIGITS_TRAIN`) scaled from 0–16 to 0–255 (`sources.load_digits`).
-NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "cifar10": ((125.307, 122.950, 113.865), (62.993, 62.089, 66.705)),
-    "cifar100": ((129.304, 124.070, 112.434), (68.170, 65.392, 70.418)),
-    "svhn": ((111.609, 113.161, 120.565), (50.498, 51.259, 50.244)),
-    "imagenet": ((123.675, 116.280, 103.530), (58.395, 57.120, 57.375)),
-    "digits": ((77.973,), (95.735,)),
-    # The authors' train_imagenet.py default, for their released MXNet weights
-    # (igc_jax.convert_mxnet).
-    "imagenet_igc_mxnet": ((123.370, 112.757, 99.406), (68.998, 66.093, 68.292)),
-}
 # Training augmentations, by `config.dataset.augment`: "cifar" pads with the mean colour (official
 # code), "cifar_zero_pad" with black; "imagenet_mxnet" is the authors' ImageNet augmentation
 # (MXNet scale/aspect/HSL, below), "imagenet_inception" the random-area crop + colour jitter.
@@ -77,34 +48,6 @@ CROP_SCALE = (0.08, 1.0)           # area fraction of the random crop (Inception
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 EVAL_RESIZE = 256.0 / 224.0        # short side before the centre crop, relative to image_size
 DEFAULT_COLOR_JITTER = 0.4         # brightness, contrast, saturation factors in [1-s, 1+s]
-
-
-def normalize(images: np.ndarray, normalization: str) -> np.ndarray:
-    """uint8 or float (…, C) on the 0–255 scale → float32 (x − mean) / std per channel.
-
-    uint8 images go through a 256-entry table per channel (OpenCV's LUT), the same float32
-    arithmetic done once per value instead of once per pixel."""
-    if images.dtype == np.uint8 and images.ndim >= 3 and images.size:
-        c = images.shape[-1]
-        table = _normalized(np.arange(256, dtype=np.float32)[:, None].repeat(c, 1), normalization)
-        flat = images.reshape(-1, images.shape[-2], c)
-        return cv2.LUT(flat, table.reshape(1, 256, c)).reshape(images.shape)
-    return _normalized(images.astype(np.float32), normalization)
-
-
-def _normalized(x: np.ndarray, normalization: str) -> np.ndarray:
-    """float32 x (…, C), normalised in place."""
-    mean, std = NORMALIZATION[normalization]
-    x -= np.asarray(mean, np.float32)
-    x *= np.float32(1.0) / np.asarray(std, np.float32)
-    return x
-
-
-def fill_colour(normalization: str) -> np.ndarray:
-    """The official padding colour: the dataset's mean colour rounded to integers (MXNet
-    `ImageRecordIter` `fill_value_r/g/b = round(mean_rgb)` in the authors' scripts), about 0 once
-    normalised."""
-    return np.round(np.asarray(NORMALIZATION[normalization][0])).astype(np.uint8)
 
 
 def pad_crop_flip(images: np.ndarray, u: np.ndarray, pad: int = CIFAR_PAD,
@@ -155,113 +98,14 @@ def random_crop_box(height: int, width: int, u: np.ndarray) -> tuple[int, int, i
     return (height - ch) // 2, (width - cw) // 2, ch, cw
 
 
-def _pil(image: np.ndarray) -> Image.Image:
-    """A PIL image of H×W×C uint8; H×W×4 (RGB and a padding byte, PIL's own layout for RGB) is
-    shared, not converted."""
-    if image.shape[-1] == 4:
-        h, w = image.shape[:2]
-        return Image.frombuffer("RGBX", (w, h), np.ascontiguousarray(image), "raw", "RGBX", 0, 1)
-    return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-
-
-def _array(image: Image.Image, channels: int) -> np.ndarray:
-    a = np.asarray(image)
-    if a.ndim == 3 and a.shape[-1] == 4:             # RGBX
-        return cv2.cvtColor(a, cv2.COLOR_RGBA2RGB)
-    return a[..., None] if channels == 1 else a
-
-
-def _is_encoded(image: Encoded) -> bool:
-    return isinstance(image, (bytes, bytearray, memoryview)) or (
-        isinstance(image, np.ndarray) and image.ndim == 1 and image.dtype == np.uint8) or (
-        isinstance(image, np.ndarray) and image.dtype == object)
-
-
-def _bytes(image: Encoded) -> bytes:
-    if isinstance(image, np.ndarray) and image.dtype == object:
-        image = image.item()
-    return bytes(image) if not isinstance(image, bytes) else image
-
-
-def encoded_size(image: Encoded) -> tuple[int, int]:
-    """(height, width) of the stored image, from the JPEG header (or PIL's for other formats)."""
-    data = _bytes(image)
-    try:
-        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
-        return h, w
-    except ValueError:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.height, im.width
-
-
-def dct_reduction(box_h: float, box_w: float, size: int) -> int:
-    """The largest k in 1, 2, 4, 8 with box_h/k and box_w/k both at least `size` pixels: the
-    reduction at which a box still covers a size×size output (no upsampling that full resolution
-    would not also do)."""
-    k = 1
-    while k < MAX_DCT_REDUCTION and min(box_h, box_w) >= 2 * k * size:
-        k *= 2
-    return k
-
-
-def decode(image: Encoded, channels: int, reduction: int = 1, padded: bool = False) -> np.ndarray:
-    """uint8 H'×W'×C of an encoded image, H' = ceil(H / reduction) (libjpeg-turbo's scaled
-    decode); non-JPEG or CMYK files go through PIL at full resolution. `padded` JPEGs of 3
-    channels come as H'×W'×4, RGB and a padding byte (for `_pil`, which then shares them)."""
-    data = _bytes(image)
-    try:
-        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
-        out = simplejpeg.decode_jpeg(
-            data, colorspace="GRAY" if channels == 1 else ("RGBX" if padded else "RGB"),
-            min_height=-(-h // reduction), min_width=-(-w // reduction))
-        return out if out.ndim == 3 else out[..., None]
-    except ValueError:
-        with Image.open(io.BytesIO(data)) as im:
-            return _array(im.convert("L" if channels == 1 else "RGB"), channels)
-
-
-def _resize_box(image: np.ndarray, box: tuple[float, float, float, float],
-                size: int) -> np.ndarray:
-    """The (x0, y0, x1, y1) box of `image` (float pixels) resized (bilinear) to size×size.
-
-    Only the box and the filter's support around it go to PIL (crop before resize); PIL's
-    antialiased bilinear filter reaches max(1, scale) pixels beyond the box, so a margin of
-    scale + 2 gives the result of resizing with the box on the whole image (to ±1: PIL's
-    fixed-point weights depend on the box's offset).
-    """
-    x0, y0, x1, y1 = box
-    margin = 2 + math.ceil(max(x1 - x0, y1 - y0) / size)
-    top, left = max(int(y0) - margin, 0), max(int(x0) - margin, 0)
-    bottom = min(math.ceil(y1) + margin, image.shape[0])
-    right = min(math.ceil(x1) + margin, image.shape[1])
-    sub = _pil(np.ascontiguousarray(image[top:bottom, left:right]))
-    out = sub.resize((size, size), Image.BILINEAR, box=(x0 - left, y0 - top, x1 - left, y1 - top))
-    return _array(out, image.shape[-1])
-
-
-def _crop_source(image: Encoded, box_of, size: int, channels: int,
-                 padded: bool = False) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """(pixels, (top, left, box_h, box_w) in those pixels) for a crop box `box_of(h, w)` drawn
-    from the stored size: an encoded image is decoded (`padded` as `decode`) at the largest DCT
-    reduction that keeps the box at least size×size, and the box is scaled to the decoded
-    pixels."""
-    if not _is_encoded(image):
-        return image, box_of(image.shape[0], image.shape[1])
-    h, w = encoded_size(image)
-    top, left, bh, bw = box_of(h, w)
-    pixels = decode(image, channels, dct_reduction(bh, bw, size), padded)
-    sy, sx = pixels.shape[0] / h, pixels.shape[1] / w
-    return pixels, (top * sy, left * sx, bh * sy, bw * sx)
-
-
 def imagenet_train_crop(image: Encoded, u: np.ndarray, size: int,
                         channels: int = 3) -> np.ndarray:
     """uint8 H×W×C (or its encoded file) → a random scale/aspect crop, resized (bilinear) to
     size×size, maybe flipped. The box depends only on the stored size and `u`; an encoded image is
     decoded at the largest DCT reduction that keeps the box at least size×size."""
-    pixels, (top, left, ch, cw) = _crop_source(
+    pixels, (top, left, ch, cw) = crop_source(
         image, lambda h, w: random_crop_box(h, w, u), size, channels)
-    return _maybe_flip(_resize_box(pixels, (left, top, left + cw, top + ch), size), u)
+    return _maybe_flip(resize_box(pixels, (left, top, left + cw, top + ch), size), u)
 
 
 def mxnet_crop_box(height: int, width: int, u: np.ndarray,
@@ -292,13 +136,13 @@ def mxnet_train_crop(image: Encoded, u: np.ndarray, size: int, channels: int = 3
     MXNET_FILL outside the image; an encoded image is decoded at the largest DCT reduction that
     keeps the box at least size×size.
     """
-    pixels, (top, left, bh, bw) = _crop_source(
+    pixels, (top, left, bh, bw) = crop_source(
         image, lambda h, w: mxnet_crop_box(h, w, u, size), size, channels, padded=True)
     fill = MXNET_FILL if channels == 3 else round(float(np.mean(MXNET_FILL)))
-    out = _pil(pixels).transform(
+    out = to_pil(pixels).transform(
         (size, size), Image.AFFINE, (bw / size, 0.0, left, 0.0, bh / size, top),
         resample=Image.BILINEAR, fillcolor=fill)
-    return _maybe_flip(_array(out, channels), u)
+    return _maybe_flip(from_pil(out, channels), u)
 
 
 def _maybe_flip(image: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -352,7 +196,7 @@ def imagenet_eval_crop(image: Encoded, size: int, channels: int = 3) -> np.ndarr
     positions); an encoded image is decoded at the largest DCT reduction that keeps the short side
     at least round(size·256/224).
     """
-    if _is_encoded(image):
+    if is_encoded(image):
         h, w = encoded_size(image)
         short = round(size * EVAL_RESIZE)
         pixels = decode(image, channels, dct_reduction(min(h, w), min(h, w), short))
@@ -362,7 +206,7 @@ def imagenet_eval_crop(image: Encoded, size: int, channels: int = 3) -> np.ndarr
     new_h, new_w = eval_resize_shape(h, w, size)
     top, left = (new_h - size) // 2, (new_w - size) // 2
     sy, sx = pixels.shape[0] / new_h, pixels.shape[1] / new_w
-    return _resize_box(pixels, (left * sx, top * sy, (left + size) * sx, (top + size) * sy), size)
+    return resize_box(pixels, (left * sx, top * sy, (left + size) * sx, (top + size) * sy), size)
 
 
 def color_jitter(images: np.ndarray, u: np.ndarray, strength: float) -> np.ndarray:

@@ -30,6 +30,7 @@ import numpy as np
 from etils import epath
 
 from igc_jax.data import preprocess
+from igc_jax.data.normalization import NORMALIZATION
 from igc_jax.errors import UserError
 
 # config.dataset.name → (TFDS splits concatenated for training, TFDS split for evaluation).
@@ -416,9 +417,9 @@ class TfdsSplit:
 def _check_names(dataset_cfg: Any) -> None:
     if dataset_cfg.name not in DATASETS:
         raise DataError(f"unknown dataset {dataset_cfg.name!r}; choose from {', '.join(DATASETS)}")
-    if dataset_cfg.normalization not in preprocess.NORMALIZATION:
+    if dataset_cfg.normalization not in NORMALIZATION:
         raise DataError(f"unknown normalization {dataset_cfg.normalization!r}; choose from "
-                        f"{', '.join(preprocess.NORMALIZATION)}")
+                        f"{', '.join(NORMALIZATION)}")
     if dataset_cfg.augment not in preprocess.AUGMENTATIONS:
         raise DataError(f"unknown augment {dataset_cfg.augment!r}; choose from "
                         f"{', '.join(preprocess.AUGMENTATIONS)}")
@@ -464,7 +465,7 @@ def dataset_info(dataset_cfg: Any) -> DatasetInfo:
         raise DataError(f"{name} images are {stored} but dataset.image_size={size} and augment="
                         f"{dataset_cfg.augment!r} does not resize (only "
                         f"{' and '.join(map(repr, preprocess.IMAGENET_AUGMENTATIONS))} do)")
-    channels = len(preprocess.NORMALIZATION[dataset_cfg.normalization][0])
+    channels = len(NORMALIZATION[dataset_cfg.normalization][0])
     if channels != c:
         raise DataError(f"normalization {dataset_cfg.normalization!r} has {channels} channel(s) "
                         f"but {name} images have {c}")
