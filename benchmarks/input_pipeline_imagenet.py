@@ -38,10 +38,11 @@ from PIL import Image
 from benchmarks.photos import build_tiny_imagenet, decode_full, photo_jpegs
 from igc_jax import configs, data
 from igc_jax.data import jpeg, normalization, pipeline, preprocess, randomness
+from igc_jax.data.augment import imagenet, inception, mxnet
 
 SIZE = 224
 NORM = "imagenet"
-JITTER = preprocess.DEFAULT_COLOR_JITTER
+JITTER = inception.DEFAULT_COLOR_JITTER
 
 
 def previous_train(jpegs, u) -> np.ndarray:
@@ -49,11 +50,11 @@ def previous_train(jpegs, u) -> np.ndarray:
     crops = []
     for j, ui in zip(jpegs, u):
         image = decode_full(j)
-        top, left, ch, cw = preprocess.random_crop_box(image.shape[0], image.shape[1], ui)
+        top, left, ch, cw = inception.random_crop_box(image.shape[0], image.shape[1], ui)
         x = np.asarray(Image.fromarray(image).resize(
             (SIZE, SIZE), Image.BILINEAR, box=(left, top, left + cw, top + ch)))
         crops.append(x[:, ::-1] if ui[randomness.U_FLIP] < 0.5 else x)
-    return normalization.normalize(preprocess.color_jitter(np.stack(crops), u, JITTER), NORM)
+    return normalization.normalize(inception.color_jitter(np.stack(crops), u, JITTER), NORM)
 
 
 def previous_mxnet_train(jpegs, u) -> np.ndarray:
@@ -63,13 +64,13 @@ def previous_mxnet_train(jpegs, u) -> np.ndarray:
     crops = []
     for j, ui in zip(jpegs, u):
         h, w = jpeg.encoded_size(j)
-        top, left, bh, bw = preprocess.mxnet_crop_box(h, w, ui, SIZE)
+        top, left, bh, bw = mxnet.mxnet_crop_box(h, w, ui, SIZE)
         pixels = jpeg.decode(j, 3, jpeg.dct_reduction(bh, bw, SIZE))
         sy, sx = pixels.shape[0] / h, pixels.shape[1] / w
         top, left, bh, bw = top * sy, left * sx, bh * sy, bw * sx
         out = np.asarray(Image.fromarray(pixels).transform(
             (SIZE, SIZE), Image.AFFINE, (bw / SIZE, 0.0, left, 0.0, bh / SIZE, top),
-            resample=Image.BILINEAR, fillcolor=preprocess.MXNET_FILL))
+            resample=Image.BILINEAR, fillcolor=mxnet.MXNET_FILL))
         crops.append(out[:, ::-1] if ui[randomness.U_FLIP] < 0.5 else out)
     x = _previous_hsl_jitter(np.stack(crops), u).astype(np.float32)
     mean, std = normalization.NORMALIZATION["imagenet_igc_mxnet"]
@@ -81,7 +82,7 @@ def previous_mxnet_train(jpegs, u) -> np.ndarray:
 def _previous_hsl_jitter(images: np.ndarray, u: np.ndarray) -> np.ndarray:
     out = images.copy()
     bounds = np.asarray([180, 255, 255], np.float32)
-    for i, (dh, ds, dl) in enumerate(preprocess.mxnet_hsl_offsets(u)):
+    for i, (dh, ds, dl) in enumerate(mxnet.mxnet_hsl_offsets(u)):
         if dh or ds or dl:
             hls = _previous_rgb_to_hls8(images[i])
             hls += np.asarray([dh, dl, ds], np.float32)
@@ -142,7 +143,7 @@ def previous_eval(jpegs) -> np.ndarray:
     out = []
     for j in jpegs:
         image = decode_full(j)
-        new_h, new_w = preprocess.eval_resize_shape(image.shape[0], image.shape[1], SIZE)
+        new_h, new_w = imagenet.eval_resize_shape(image.shape[0], image.shape[1], SIZE)
         resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
         top, left = (new_h - SIZE) // 2, (new_w - SIZE) // 2
         out.append(resized[top:top + SIZE, left:left + SIZE])
@@ -178,7 +179,7 @@ def tf_pipelines(jpegs, u, batch: int):
         return None
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    boxes = np.asarray([preprocess.random_crop_box(*jpeg.encoded_size(j), ui)
+    boxes = np.asarray([inception.random_crop_box(*jpeg.encoded_size(j), ui)
                         for j, ui in zip(jpegs, u)], np.int32)
     flips = u[:, randomness.U_FLIP] < 0.5
     factors = (1.0 + JITTER * (2.0 * u[:, randomness.U_JITTER:randomness.U_JITTER + 3]
@@ -203,7 +204,7 @@ def tf_pipelines(jpegs, u, batch: int):
     def eval_map(jpeg):
         x = tf.image.decode_jpeg(jpeg, channels=3)
         h, w = tf.shape(x)[0], tf.shape(x)[1]
-        short = round(SIZE * preprocess.EVAL_RESIZE)
+        short = round(SIZE * imagenet.EVAL_RESIZE)
         scale = short / tf.cast(tf.minimum(h, w), tf.float32)
         new = tf.maximum(tf.cast(tf.round(tf.cast([h, w], tf.float32) * scale), tf.int32), short)
         x = tf.image.resize(x, new, method="bilinear", antialias=True)
@@ -277,10 +278,10 @@ def run(results_dir: Path, n: int = 128, rounds: int = 7, batches: int = 24) -> 
               "width": [min(s[1] for s in sizes), max(s[1] for s in sizes)],
               "quality": 90}
     tf_fns = tf_pipelines(jpegs, u, 64)
-    mxnet = preprocess.Preprocessing("imagenet_mxnet", "imagenet_igc_mxnet", SIZE)
+    mxnet_prep = preprocess.Preprocessing("imagenet_mxnet", "imagenet_igc_mxnet", SIZE)
     fns = {("train", "previous"): lambda: previous_train(jpegs, u),
            ("train", "current"): lambda: prep.train(list(jpegs), u),
-           ("train", "imagenet_mxnet"): lambda: mxnet.train(list(jpegs), u),
+           ("train", "imagenet_mxnet"): lambda: mxnet_prep.train(list(jpegs), u),
            ("train", "mxnet previous"): lambda: previous_mxnet_train(jpegs, u)}
     if tf_fns is not None:
         fns["train", "tf.data"] = tf_fns[0]

@@ -20,10 +20,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from igc_jax.data import jpeg
-from igc_jax.data import preprocess as P
+from igc_jax.data import jpeg, randomness
+from igc_jax.data.augment.imagenet import eval_resize_shape, imagenet_eval_crop
+from igc_jax.data.augment.inception import (color_jitter, color_jitter_normalize,
+                                            imagenet_train_crop, random_crop_box)
+from igc_jax.data.augment.mxnet import mxnet_crop_box, mxnet_train_crop
 from igc_jax.data.normalization import normalize
-from igc_jax.data import randomness
 from igc_jax.data.randomness import U_FLIP
 from run_utils import ROOT
 
@@ -57,27 +59,27 @@ def test_the_crop_box_comes_from_the_stored_size(photos):
 def test_224_crops_of_imagenet_sized_photos_equal_the_full_resolution_path(photos):
     jpegs, full, u = photos
     for j, a, ui in zip(jpegs, full, u):
-        assert np.array_equal(P.imagenet_train_crop(j, ui, 224), P.imagenet_train_crop(a, ui, 224))
-        assert np.array_equal(P.imagenet_eval_crop(j, 224), P.imagenet_eval_crop(a, 224))
+        assert np.array_equal(imagenet_train_crop(j, ui, 224), imagenet_train_crop(a, ui, 224))
+        assert np.array_equal(imagenet_eval_crop(j, 224), imagenet_eval_crop(a, 224))
 
 
 def test_crop_before_resize_matches_resizing_the_box_of_the_whole_image(photos):
     _, full, u = photos
     for a, ui in zip(full[:16], u):
-        top, left, ch, cw = P.random_crop_box(a.shape[0], a.shape[1], ui)
+        top, left, ch, cw = random_crop_box(a.shape[0], a.shape[1], ui)
         for size in (224, 64):
             whole = np.asarray(Image.fromarray(a).resize(
                 (size, size), Image.BILINEAR, box=(left, top, left + cw, top + ch)))
-            out = P.imagenet_train_crop(a, ui, size)
+            out = imagenet_train_crop(a, ui, size)
             diff = np.abs((out[:, ::-1] if ui[U_FLIP] < 0.5 else out).astype(int) - whole)
             # The same filter; PIL's fixed-point weights, computed for the shifted box, round
             # some sums the other way (a ±1 on ~15% of values, PSNR > 50 dB).
             assert diff.max() <= 1 and _psnr(whole, whole + diff) > 50
         # Eval: one resize of the centre box = resize the whole image, then the centre crop.
-        new_h, new_w = P.eval_resize_shape(*a.shape[:2], 96)
+        new_h, new_w = eval_resize_shape(*a.shape[:2], 96)
         resized = np.asarray(Image.fromarray(a).resize((new_w, new_h), Image.BILINEAR))
         t, l = (new_h - 96) // 2, (new_w - 96) // 2
-        assert np.abs(P.imagenet_eval_crop(a, 96).astype(int)
+        assert np.abs(imagenet_eval_crop(a, 96).astype(int)
                       - resized[t:t + 96, l:l + 96]).max() <= 1
 
 
@@ -86,26 +88,26 @@ def test_reduced_decodes_stay_within_the_psnr_bound(photos, size):
     jpegs, full, u = photos
     reduced, fast, box = 0, [], []
     for j, a, ui in zip(jpegs, full, u):
-        top, left, ch, cw = P.random_crop_box(a.shape[0], a.shape[1], ui)
+        top, left, ch, cw = random_crop_box(a.shape[0], a.shape[1], ui)
         reduced += jpeg.dct_reduction(ch, cw, size) > 1
-        fast.append(_psnr(P.imagenet_train_crop(j, ui, size), P.imagenet_train_crop(a, ui, size)))
+        fast.append(_psnr(imagenet_train_crop(j, ui, size), imagenet_train_crop(a, ui, size)))
         bilinear, other = (np.asarray(Image.fromarray(a).resize(
             (size, size), f, box=(left, top, left + cw, top + ch)))
             for f in (Image.BILINEAR, Image.BOX))
         box.append(_psnr(bilinear, other))
     assert reduced >= N // 3                     # the reduced decode is what is measured
     assert min(fast) >= 28.0 and np.median(fast) >= np.median(box), (min(fast), np.median(fast))
-    evals = [_psnr(P.imagenet_eval_crop(j, size), P.imagenet_eval_crop(a, size))
+    evals = [_psnr(imagenet_eval_crop(j, size), imagenet_eval_crop(a, size))
              for j, a in zip(jpegs, full)]
     assert min(evals) >= 28.0, min(evals)
 
 
 def test_fused_jitter_and_normalisation_equal_the_two_steps(photos):
     jpegs, _, u = photos
-    x = np.stack([P.imagenet_train_crop(j, ui, 64) for j, ui in zip(jpegs, u)])
+    x = np.stack([imagenet_train_crop(j, ui, 64) for j, ui in zip(jpegs, u)])
     for strength in (0.4, 0.9):
-        fused = P.color_jitter_normalize(x, u, strength, "imagenet")
-        two = normalize(P.color_jitter(x, u, strength), "imagenet")
+        fused = color_jitter_normalize(x, u, strength, "imagenet")
+        two = normalize(color_jitter(x, u, strength), "imagenet")
         np.testing.assert_allclose(fused, two, atol=2e-5)
 
 
@@ -118,7 +120,7 @@ def test_non_jpeg_and_grayscale_files_decode_through_the_fallback():
     assert np.array_equal(jpeg.decode(png.getvalue(), 3), rgb)
     gray = io.BytesIO()
     Image.fromarray(rgb[..., 0]).save(gray, "JPEG", quality=95)
-    out = P.imagenet_train_crop(gray.getvalue(), np.full(randomness.NUM_UNIFORMS, 0.3), 32)
+    out = imagenet_train_crop(gray.getvalue(), np.full(randomness.NUM_UNIFORMS, 0.3), 32)
     assert out.shape == (32, 32, 3) and np.array_equal(out[..., 0], out[..., 2])
 
 
@@ -146,8 +148,8 @@ def test_mxnet_crops_match_the_authors_two_step_pipeline(photos):
     values, reduced = [], 0
     for j, ui in zip(list(jpegs[:12]) + big, list(u[:12]) + list(u[:12])):
         a = decode_full(j)
-        reduced += jpeg.dct_reduction(*P.mxnet_crop_box(*a.shape[:2], ui, 224)[2:], 224) > 1
-        values.append(_psnr(P.mxnet_train_crop(j, ui, 224),
-                            P.mxnet_train_crop(stored_480(a), ui, 224)))
+        reduced += jpeg.dct_reduction(*mxnet_crop_box(*a.shape[:2], ui, 224)[2:], 224) > 1
+        values.append(_psnr(mxnet_train_crop(j, ui, 224),
+                            mxnet_train_crop(stored_480(a), ui, 224)))
     assert reduced >= 10
     assert min(values) >= 30.0 and np.median(values) >= 36.0, (min(values), np.median(values))

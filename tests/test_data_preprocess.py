@@ -5,12 +5,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from igc_jax.data import preprocess as P
+from igc_jax.data.augment import (AUGMENTATIONS, IMAGENET_AUGMENTATIONS, RECIPES, cifar,
+                                  imagenet, inception, mxnet)
 from igc_jax.data.normalization import NORMALIZATION, fill_colour, normalize
+from igc_jax.data.preprocess import Preprocessing
 from igc_jax.data import randomness
 from igc_jax.data.randomness import U_FLIP, U_JITTER, U_POS
 
-PAD = P.CIFAR_PAD
+PAD = cifar.CIFAR_PAD
 
 
 def _uniforms(n: int, seed: int = 0) -> np.ndarray:
@@ -30,7 +32,7 @@ def test_cifar_crops_are_windows_of_the_padded_image():
     rng = np.random.default_rng(0)
     images = rng.integers(1, 256, (200, 32, 32, 3), dtype=np.uint8)    # no zeros: padding shows
     u = _uniforms(200)
-    out = P.pad_crop_flip(images, u)
+    out = cifar.pad_crop_flip(images, u)
     assert out.shape == images.shape and out.dtype == np.uint8
     padded = np.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)))
     offsets = set()
@@ -51,9 +53,9 @@ def test_flip_is_exact_and_centre_crop_is_identity():
     images = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     centre = (PAD + 0.5) / (2 * PAD + 1)        # maps to offset PAD
     u = _with(_uniforms(5), dy=centre, dx=centre, flip=0.9)
-    assert np.array_equal(P.pad_crop_flip(images, u), images)
-    assert np.array_equal(P.pad_crop_flip(images, _with(u, flip=0.1)), images[:, :, ::-1])
-    top_left = P.pad_crop_flip(images, _with(u, dy=0.0, dx=0.0))
+    assert np.array_equal(cifar.pad_crop_flip(images, u), images)
+    assert np.array_equal(cifar.pad_crop_flip(images, _with(u, flip=0.1)), images[:, :, ::-1])
+    top_left = cifar.pad_crop_flip(images, _with(u, dy=0.0, dx=0.0))
     assert np.all(top_left[:, :PAD] == 0) and np.all(top_left[:, :, :PAD] == 0)
     assert np.array_equal(top_left[:, PAD:, PAD:], images[:, :-PAD, :-PAD])
 
@@ -68,15 +70,15 @@ def test_cifar_border_is_the_official_mean_colour(dataset):
     normalisation a border pixel is within 0.5/std of zero. 'cifar_zero_pad' keeps black."""
     images = np.full((3, 32, 32, 3), 7, np.uint8)
     u = _with(_uniforms(3), dy=0.0, dx=0.0, flip=0.9)            # offset 0: PAD-wide border
-    prep = P.Preprocessing(augment="cifar", normalization=dataset, image_size=32)
-    raw = P.pad_crop_flip(images, u, fill=fill_colour(dataset))
+    prep = Preprocessing(augment="cifar", normalization=dataset, image_size=32)
+    raw = cifar.pad_crop_flip(images, u, fill=fill_colour(dataset))
     assert np.all(raw[:, :PAD] == OFFICIAL_CIFAR_FILL[dataset])
     assert np.all(raw[:, :, :PAD] == OFFICIAL_CIFAR_FILL[dataset])
     assert np.all(raw[:, PAD:, PAD:] == 7)
     x = prep.train(images, u)
     std = np.asarray(NORMALIZATION[dataset][1])
     assert np.all(np.abs(x[:, :PAD]) <= 0.5 / std + 1e-6)
-    zero = P.Preprocessing(augment="cifar_zero_pad", normalization=dataset, image_size=32)
+    zero = Preprocessing(augment="cifar_zero_pad", normalization=dataset, image_size=32)
     black = -np.asarray(NORMALIZATION[dataset][0]) / std
     np.testing.assert_allclose(zero.train(images, u)[:, :PAD], np.broadcast_to(
         black, (3, PAD, 32, 3)), rtol=1e-6)
@@ -103,13 +105,13 @@ def test_spec_constants():
 @given(h=st.integers(1, 600), w=st.integers(1, 600), seed=st.integers(0, 2**32 - 1))
 def test_random_crop_box_inside_the_image(h, w, seed):
     u = randomness.example_uniforms(seed, 0, [0], randomness.NUM_UNIFORMS)[0]
-    top, left, ch, cw = P.random_crop_box(h, w, u)
+    top, left, ch, cw = inception.random_crop_box(h, w, u)
     assert 0 <= top and top + ch <= h and 0 <= left and left + cw <= w and ch > 0 and cw > 0
 
 
 def test_random_crop_box_scale_and_aspect():
     u = randomness.example_uniforms(3, 0, np.arange(2000), randomness.NUM_UNIFORMS)
-    boxes = np.array([P.random_crop_box(375, 500, ui) for ui in u])
+    boxes = np.array([inception.random_crop_box(375, 500, ui) for ui in u])
     area = boxes[:, 2] * boxes[:, 3] / (375 * 500)
     aspect = boxes[:, 3] / boxes[:, 2]
     assert area.min() >= 0.075 and area.max() <= 1.0 and area.min() < 0.15
@@ -120,9 +122,9 @@ def test_imagenet_train_crop_flip_and_shape():
     image = np.random.default_rng(2).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     u = _uniforms(1)[0]
     u[U_FLIP] = 0.9
-    plain = P.imagenet_train_crop(image, u, 64)
+    plain = inception.imagenet_train_crop(image, u, 64)
     u[U_FLIP] = 0.1
-    flipped = P.imagenet_train_crop(image, u, 64)
+    flipped = inception.imagenet_train_crop(image, u, 64)
     assert plain.shape == (64, 64, 3) and plain.dtype == np.uint8
     assert np.array_equal(flipped, plain[:, ::-1])
 
@@ -131,23 +133,23 @@ def test_imagenet_eval_is_short_side_resize_then_centre_crop():
     size = 56
     short = round(size * 256 / 224)              # 64
     image = np.random.default_rng(3).integers(0, 256, (short, 100, 3), dtype=np.uint8)
-    out = P.imagenet_eval_crop(image, size)      # short side already right: a pure centre crop
+    out = imagenet.imagenet_eval_crop(image, size)   # short side already right: a centre crop
     top, left = (short - size) // 2, (100 - size) // 2
     assert np.array_equal(out, image[top:top + size, left:left + size])
     tall = np.random.default_rng(4).integers(0, 256, (300, 200, 1), dtype=np.uint8)
-    assert P.imagenet_eval_crop(tall, size).shape == (size, size, 1)
+    assert imagenet.imagenet_eval_crop(tall, size).shape == (size, size, 1)
 
 
 def test_eval_preprocessing_is_deterministic():
     rng = np.random.default_rng(5)
     images = [rng.integers(0, 256, (rng.integers(40, 90), rng.integers(40, 90), 3), dtype=np.uint8)
               for _ in range(4)]
-    prep = P.Preprocessing("imagenet_inception", "imagenet", 32)
+    prep = Preprocessing("imagenet_inception", "imagenet", 32)
     first, second = prep.eval(images), prep.eval(images)
     assert first.shape == (4, 32, 32, 3) and np.array_equal(first, second)
-    cifar = P.Preprocessing("cifar", "cifar10", 32)
+    cifar_prep = Preprocessing("cifar", "cifar10", 32)
     batch = np.stack([im[:32, :32] for im in images])
-    assert np.array_equal(cifar.eval(batch), normalize(batch, "cifar10"))
+    assert np.array_equal(cifar_prep.eval(batch), normalize(batch, "cifar10"))
 
 
 def test_color_jitter_neutral_factors_and_range():
@@ -155,23 +157,41 @@ def test_color_jitter_neutral_factors_and_range():
     u = _uniforms(3)
     neutral = u.copy()
     neutral[:, U_JITTER:U_JITTER + 3] = 0.5          # every factor exactly 1
-    np.testing.assert_allclose(P.color_jitter(images, neutral, 0.4), images, atol=1e-3)
-    out = P.color_jitter(images, u, 0.4)
+    np.testing.assert_allclose(inception.color_jitter(images, neutral, 0.4), images, atol=1e-3)
+    out = inception.color_jitter(images, u, 0.4)
     assert out.min() >= 0 and out.max() <= 255 and not np.allclose(out, images)
     grey = np.full((3, 8, 8, 3), 100.0, np.float32)        # contrast and saturation keep grey
-    bright = P.color_jitter(grey, u, 0.4)
+    bright = inception.color_jitter(grey, u, 0.4)
     factors = 1 + 0.4 * (2 * u[:, U_JITTER] - 1)
     np.testing.assert_allclose(bright, grey * factors[:, None, None, None], rtol=1e-5)
 
 
 def test_train_transform_of_a_constant_image_without_padding():
-    prep = P.Preprocessing("none", "svhn", 32)
+    prep = Preprocessing("none", "svhn", 32)
     image = np.full((2, 32, 32, 3), 111, np.uint8)
     out = prep.train(image, _uniforms(2))
     mean, std = NORMALIZATION["svhn"]
     np.testing.assert_allclose(out, np.broadcast_to((111 - np.asarray(mean)) / np.asarray(std),
                                                     out.shape), atol=1e-6)
 
+
+
+def test_the_registry_names_every_recipe_once():
+    assert AUGMENTATIONS == ("cifar", "cifar_zero_pad", "imagenet_mxnet", "imagenet_inception",
+                             "none")
+    assert IMAGENET_AUGMENTATIONS == ("imagenet_mxnet", "imagenet_inception")
+
+
+@pytest.mark.parametrize("augment", AUGMENTATIONS)
+def test_every_recipe_trains_and_evaluates_a_batch(augment):
+    rng = np.random.default_rng(11)
+    if RECIPES[augment].imagenet:       # any size: cropped and resized to image_size
+        images = [rng.integers(0, 256, (40 + 7 * i, 50, 3), dtype=np.uint8) for i in range(3)]
+    else:
+        images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    prep = Preprocessing(augment, "cifar10", 32)
+    for out in (prep.train(images, _uniforms(3)), prep.eval(images)):
+        assert out.shape == (3, 32, 32, 3) and out.dtype == np.float32
 
 def test_example_uniforms_are_keyed_and_uniform():
     u = randomness.example_uniforms(7, 2, np.arange(5000), 4)
@@ -208,7 +228,7 @@ def test_mxnet_crop_scale_and_aspect_ranges_over_many_draws():
     scales, aspects = [], []
     for i, u in enumerate(_mxnet_u(4000)):
         h, w = (int(v) for v in rng.integers(100, 900, 2))
-        top, left, bh, bw = P.mxnet_crop_box(h, w, u, 224)
+        top, left, bh, bw = mxnet.mxnet_crop_box(h, w, u, 224)
         f = 480 / min(h, w)                        # original → stored (short side 480)
         hs, ws = 224 / (bw * f), 224 / (bh * f)    # stored → crop, per axis
         scales.append((hs + ws) / 2)
@@ -236,16 +256,16 @@ def test_mxnet_crop_fills_where_the_scaled_image_does_not_reach():
     u = _mxnet_u(1)[0].copy()
     u[0], u[1] = 0.0, 1.0 - 1e-9
     u[U_POS], u[U_POS + 1], u[U_FLIP] = 0.0, 0.0, 0.9
-    out = P.mxnet_train_crop(image, u, 224)
+    out = mxnet.mxnet_train_crop(image, u, 224)
     assert out.shape == (224, 224, 3) and out.dtype == np.uint8
     assert np.all(out[:, :18] == (123, 113, 99))
     assert np.all(out[:, 20:] == (200, 50, 10))
-    flipped = P.mxnet_train_crop(image, np.where(np.arange(len(u)) == U_FLIP, 0.1, u), 224)
+    flipped = mxnet.mxnet_train_crop(image, np.where(np.arange(len(u)) == U_FLIP, 0.1, u), 224)
     assert np.array_equal(flipped, out[:, ::-1])
 
 
 def test_mxnet_hsl_offsets_are_integers_in_range():
-    offsets = P.mxnet_hsl_offsets(_mxnet_u(20000))
+    offsets = mxnet.mxnet_hsl_offsets(_mxnet_u(20000))
     assert offsets.dtype.kind == "i"
     for column, bound in zip(offsets.T, (36, 50, 50)):
         assert column.min() >= -bound and column.max() <= bound
@@ -265,9 +285,9 @@ def test_mxnet_hsl_jitter_moves_hue_saturation_lightness_by_the_offsets():
     u = _mxnet_u(4)
     u[:, U_JITTER:U_JITTER + 3] = [[0.5, 0.5, 0.5], [0.75, 0.5, 0.5],
                                           [0.5, 0.8, 0.5], [0.5, 0.5, 0.2]]
-    dh, ds, dl = P.mxnet_hsl_offsets(u).T
+    dh, ds, dl = mxnet.mxnet_hsl_offsets(u).T
     assert list(dh) == [0, 18, 0, 0] and list(ds) == [0, 0, 30, 0] and list(dl) == [0, 0, 0, -30]
-    out = P.mxnet_hsl_jitter(images, u)
+    out = mxnet.mxnet_hsl_jitter(images, u)
     h0, l0, s0 = colorsys.rgb_to_hls(*(colour / 255))
     for i in range(4):
         h, light, s = colorsys.rgb_to_hls(*(out[i, 0, 0] / 255))
@@ -277,7 +297,7 @@ def test_mxnet_hsl_jitter_moves_hue_saturation_lightness_by_the_offsets():
     magenta = np.broadcast_to(np.asarray([250, 20, 60], np.uint8), (1, 1, 1, 3)).copy()  # 350°
     uh = _mxnet_u(1)
     uh[:, U_JITTER:U_JITTER + 3] = [1.0 - 1e-9, 0.5, 0.5]                 # dh = +35
-    h, _, _ = colorsys.rgb_to_hls(*(P.mxnet_hsl_jitter(magenta, uh)[0, 0, 0] / 255))
+    h, _, _ = colorsys.rgb_to_hls(*(mxnet.mxnet_hsl_jitter(magenta, uh)[0, 0, 0] / 255))
     assert h * 360 > 355 or h * 360 < 1                    # clipped to red, not wrapped to 60°
 
 
@@ -289,8 +309,8 @@ def test_mxnet_lightness_offsets_move_greys_exactly_and_keep_white_white():
     for dl, u_l in [(-30, 0.2), (30, 0.8)]:
         u = _mxnet_u(1)
         u[:, U_JITTER:U_JITTER + 3] = [0.5, 0.5, u_l]
-        assert P.mxnet_hsl_offsets(u).tolist() == [[0, 0, dl]]
-        out = P.mxnet_hsl_jitter(greys, u)
+        assert mxnet.mxnet_hsl_offsets(u).tolist() == [[0, 0, dl]]
+        out = mxnet.mxnet_hsl_jitter(greys, u)
         expected = np.clip(np.arange(256) + dl, 0, 255)[:, None, None].repeat(3, 2)
         np.testing.assert_array_equal(out[0], expected)
 
@@ -298,12 +318,12 @@ def test_mxnet_lightness_offsets_move_greys_exactly_and_keep_white_white():
 def test_mxnet_preprocessing_uses_the_authors_constants_and_eval_crop():
     assert NORMALIZATION["imagenet_igc_mxnet"] == ((123.370, 112.757, 99.406),
                                                      (68.998, 66.093, 68.292))
-    assert P.MXNET_FILL == (123, 113, 99)
+    assert mxnet.MXNET_FILL == (123, 113, 99)
     rng = np.random.default_rng(9)
     images = [rng.integers(0, 256, (int(rng.integers(300, 500)), int(rng.integers(300, 500)), 3),
                            dtype=np.uint8) for _ in range(3)]
-    prep = P.Preprocessing("imagenet_mxnet", "imagenet_igc_mxnet", 224)
-    expected = np.stack([P.imagenet_eval_crop(im, 224) for im in images])
+    prep = Preprocessing("imagenet_mxnet", "imagenet_igc_mxnet", 224)
+    expected = np.stack([imagenet.imagenet_eval_crop(im, 224) for im in images])
     np.testing.assert_array_equal(prep.eval(images), normalize(expected, "imagenet_igc_mxnet"))
     u = _mxnet_u(3)
     first, second = prep.train(images, u), prep.train(images, u)

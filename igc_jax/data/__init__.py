@@ -11,8 +11,8 @@ Public API (the trainer codes against it):
 Every data problem raises DataError (an igc_jax.errors.UserError) with a one-line message.
 """
 from igc_jax.data.pipeline import TrainIterator, eval_batches, train_iterator
+from igc_jax.data.augment import AUGMENTATIONS
 from igc_jax.data.normalization import NORMALIZATION
-from igc_jax.data.preprocess import AUGMENTATIONS
 from igc_jax.data.sources import DATASETS, DataError, DatasetInfo, check_labels, dataset_info
 
 __all__ = ["AUGMENTATIONS", "DATASETS", "DataError", "DatasetInfo", "NORMALIZATION",

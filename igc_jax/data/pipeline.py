@@ -33,6 +33,8 @@ import grain
 import numpy as np
 
 from igc_jax.data import preprocess, randomness, sources
+from igc_jax.data.augment import IMAGENET_AUGMENTATIONS
+from igc_jax.data.augment.inception import DEFAULT_COLOR_JITTER
 from igc_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -71,12 +73,12 @@ def num_workers(dataset_cfg: Any) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _auto_workers(augment: str, cpus: int) -> int:
-    if augment in preprocess.IMAGENET_AUGMENTATIONS and cpus < MIN_CPUS_FOR_WORKERS:
+    if augment in IMAGENET_AUGMENTATIONS and cpus < MIN_CPUS_FOR_WORKERS:
         workers = 0
         log.warning("dataset.num_workers=auto: 0 worker processes (%d CPUs: %d threads in this "
                     "process decode faster than %d one-core worker(s) beside the training loop)",
                     cpus, READ_THREADS, max(cpus - 1, 1))
-    elif augment in preprocess.IMAGENET_AUGMENTATIONS:
+    elif augment in IMAGENET_AUGMENTATIONS:
         workers = min(cpus - 1, MAX_AUTO_WORKERS)
         log.warning("dataset.num_workers=auto: %d worker processes (%d CPUs available, one left "
                     "to the training loop)", workers, cpus)
@@ -104,7 +106,7 @@ def preprocessing(dataset_cfg: Any) -> preprocess.Preprocessing:
     return preprocess.Preprocessing(
         augment=dataset_cfg.augment, normalization=dataset_cfg.normalization,
         image_size=dataset_cfg.image_size,
-        color_jitter=float(dataset_cfg.get("color_jitter", preprocess.DEFAULT_COLOR_JITTER)))
+        color_jitter=float(dataset_cfg.get("color_jitter", DEFAULT_COLOR_JITTER)))
 
 
 @dataclasses.dataclass(frozen=True)

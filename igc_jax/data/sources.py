@@ -29,7 +29,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 from etils import epath
 
-from igc_jax.data import preprocess
+from igc_jax.data.augment import AUGMENTATIONS, IMAGENET_AUGMENTATIONS
 from igc_jax.data.normalization import NORMALIZATION
 from igc_jax.errors import UserError
 
@@ -330,7 +330,7 @@ class TfdsSplit:
     """One or more TFDS splits read as one, through `builder.as_data_source` (no TensorFlow).
 
     With `encoded`, images come back as the stored JPEG bytes (TFDS's decoding skipped), for
-    `preprocess` to decode at a reduced scale.
+    `jpeg` to decode at a reduced scale.
     """
 
     def __init__(self, name: str, data_dir: str, splits: Sequence[str], encoded: bool = False):
@@ -420,9 +420,9 @@ def _check_names(dataset_cfg: Any) -> None:
     if dataset_cfg.normalization not in NORMALIZATION:
         raise DataError(f"unknown normalization {dataset_cfg.normalization!r}; choose from "
                         f"{', '.join(NORMALIZATION)}")
-    if dataset_cfg.augment not in preprocess.AUGMENTATIONS:
+    if dataset_cfg.augment not in AUGMENTATIONS:
         raise DataError(f"unknown augment {dataset_cfg.augment!r}; choose from "
-                        f"{', '.join(preprocess.AUGMENTATIONS)}")
+                        f"{', '.join(AUGMENTATIONS)}")
 
 
 def _stored(dataset_cfg: Any) -> tuple[str, int, tuple[int | None, int | None, int], int, int]:
@@ -459,12 +459,12 @@ def dataset_info(dataset_cfg: Any) -> DatasetInfo:
         raise DataError(f"{name} has {num_classes} classes but dataset.num_classes="
                         f"{dataset_cfg.num_classes}")
     size = dataset_cfg.image_size
-    resizes = dataset_cfg.augment in preprocess.IMAGENET_AUGMENTATIONS
+    resizes = dataset_cfg.augment in IMAGENET_AUGMENTATIONS
     if not resizes and (h, w) != (size, size):
         stored = "of varying size" if h is None else f"{h}×{w}"
         raise DataError(f"{name} images are {stored} but dataset.image_size={size} and augment="
                         f"{dataset_cfg.augment!r} does not resize (only "
-                        f"{' and '.join(map(repr, preprocess.IMAGENET_AUGMENTATIONS))} do)")
+                        f"{' and '.join(map(repr, IMAGENET_AUGMENTATIONS))} do)")
     channels = len(NORMALIZATION[dataset_cfg.normalization][0])
     if channels != c:
         raise DataError(f"normalization {dataset_cfg.normalization!r} has {channels} channel(s) "
@@ -487,4 +487,4 @@ def open_split(dataset_cfg: Any, split: str, info: DatasetInfo) -> Split:
     train_splits, eval_split = TFDS_SPLITS[name]
     return TfdsSplit(name, tfds_data_dir(dataset_cfg),
                      train_splits if split == "train" else (eval_split,),
-                     encoded=dataset_cfg.augment in preprocess.IMAGENET_AUGMENTATIONS)
+                     encoded=dataset_cfg.augment in IMAGENET_AUGMENTATIONS)
