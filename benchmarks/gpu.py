@@ -48,7 +48,7 @@ import numpy as np
 
 from benchmarks import roofline, run
 from igc_jax import configs, summary
-from igc_jax.igc import layers
+from igc_jax.igc import select
 from igc_jax.training import sharding, steps
 
 PARTS = ("fwd", "dx", "dw")
@@ -221,10 +221,11 @@ def time_train_step(net: Network, mode: str, reps: int, window: int) -> dict:
     `reps` windows of `window` steps; per-step times."""
     config = network_config(net, mode)
     mesh = sharding.make_mesh(jax.devices()[:1])
-    model = steps.make_model(config)
+    size = config.dataset.image_size
+    planned = steps.plan_modes(config, (size, size, 3), select.detect_context())
+    model = steps.make_model(config, planned.plan)
     schedule = steps.learning_rate_schedule(config, 1000, 100_000)
     tx = steps.make_optimizer(config, schedule)
-    size = config.dataset.image_size
     state, shardings = steps.init_state(model, tx, (size, size, 3), 0, mesh)
     train, _, _ = steps.compile_steps(model, tx, schedule, shardings, mesh)
     batch = random_batch(config, mesh)
@@ -240,9 +241,8 @@ def time_train_step(net: Network, mode: str, reps: int, window: int) -> dict:
         jax.block_until_ready(metrics)
         times.append((time.perf_counter() - t) / window)
     stats = run._stats(times)
-    planned = layers.planned_modes(model, (size, size, 3))
     return {**stats, "compile_s": compile_s, "images_per_s": 1e3 * net.batch / stats["median_ms"],
-            "resolved_modes": sorted({m for _, m in planned.values()}),
+            "resolved_modes": sorted({m for _, m in planned.layers.values()}),
             "loss": float(metrics["loss"]), "loss_finite": bool(np.isfinite(metrics["loss"]))}
 
 

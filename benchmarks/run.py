@@ -221,7 +221,7 @@ def make_train_step(model, tx):
 def time_jax_step(model_cfg: dict, batch: int, image_size: int, num_classes: int, dtype,
                   conv_mode: str, warmup: int, reps: int) -> dict:
     model = models.build_model(ml_collections.ConfigDict(model_cfg), num_classes=num_classes,
-                               dtype=dtype, conv_mode=conv_mode)
+                               dtype=dtype, plan=conv_mode)
     x = jax.random.normal(jax.random.key(1), (batch, image_size, image_size, 3), jnp.float32)
     y = jax.random.randint(jax.random.key(2), (batch,), 0, num_classes)
     variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), x)

@@ -57,11 +57,14 @@ def network_config(name: str, mode: str, batch: int) -> ml_collections.ConfigDic
 
 def traced_step(config: ml_collections.ConfigDict, mesh, *, per_device: bool = True,
                 context: ModeContext | None = None):
-    """The train step of `config` on `mesh`, traced on abstract batch shapes; nothing runs."""
-    model = steps.make_model(config, context, per_device=per_device)
+    """The train step of `config` on `mesh`, traced on abstract batch shapes; nothing runs.
+    `auto` decides in `context` (None: config.conv_mode as each layer is traced)."""
+    size = config.dataset.image_size
+    plan = steps.plan_modes(config, (size, size, 3), context, can_measure=False).plan \
+        if context else None
+    model = steps.make_model(config, plan, per_device=per_device)
     schedule = steps.learning_rate_schedule(config, 100, 1000)
     tx = steps.make_optimizer(config, schedule)
-    size = config.dataset.image_size
     state, shardings = steps.init_state(model, tx, (size, size, 3), 0, mesh)
     train, _, _ = steps.compile_steps(model, tx, schedule, shardings, mesh,
                                       per_device_steps=per_device)

@@ -39,7 +39,11 @@ try:  # the old flat layout first (an editable install would map missing new mod
 except ImportError:
     from igc_jax.training import sharding, steps as lib
     from igc_jax.igc import select
-    model = lib.make_model(config, select.detect_context())
+    if hasattr(lib, "plan_modes"):  # the plan decided once, then the model
+        model = lib.make_model(config, lib.plan_modes(config, (32, 32, 3),
+                                                      select.detect_context()).plan)
+    else:
+        model = lib.make_model(config, select.detect_context())
 print(lib.__file__, file=sys.stderr)
 mesh = sharding.make_mesh(jax.devices()[:1])
 schedule = lib.learning_rate_schedule(config, 100, 10000)

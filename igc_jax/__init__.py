@@ -31,6 +31,7 @@ _EXPORTS = {
     "IGCConv": "igc_jax.igc.layers",
     "igc_apply": "igc_jax.igc.layers",
     "ModeContext": "igc_jax.igc.select",
+    "ModePlan": "igc_jax.igc.select",
     "build_model": "igc_jax.models",
     "MODELS": "igc_jax.models",
     "cifar_model": "igc_jax.configs.networks",

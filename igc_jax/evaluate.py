@@ -68,6 +68,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint_dir: str) 
     import jax
     import jax.numpy as jnp
 
+    from igc_jax.igc import select
     from igc_jax.mxnet import saved
     from igc_jax.training import loop, sharding, steps
     from igc_jax.training.validate import validate
@@ -79,8 +80,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint_dir: str) 
                         f"{config.dataset.num_classes}")
     warn_normalization(config, info)
     variables = saved.load_converted(checkpoint_dir)
-    model = steps.make_model(config)
     size = config.dataset.image_size
+    model = steps.make_model(config, steps.plan_modes(
+        config, (size, size, 3), select.detect_context(),
+        batch_size=config.eval_batch_size).plan)
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
     abstract = jax.eval_shape(lambda rng, x: model.init(rng, x, train=False),
                               jax.random.PRNGKey(0), x)

@@ -28,7 +28,8 @@ from ml_collections import config_flags
 from igc_jax import models
 from igc_jax.cli import parse_absl_flags, reports_user_errors
 from igc_jax.errors import fail
-from igc_jax.igc.layers import BatchNorm, IGCConv
+from igc_jax.igc.layers import IGCConv
+from igc_jax.models.norm import BatchNorm
 
 # Spec §3: the paper's ImageNet table, (#params in millions, FLOPs in G) per network.
 PAPER_IMAGENET = {
@@ -142,7 +143,7 @@ def totals(rows: list[Row]) -> dict[str, int]:
 def summarize_model(model_cfg: Mapping[str, Any], *, num_classes: int,
                     image_size: int) -> tuple[list[Row], dict[str, int]]:
     """(rows, totals) of a model config at a square input of `image_size` pixels."""
-    model = models.build_model(model_cfg, num_classes=num_classes, conv_mode="grouped")
+    model = models.build_model(model_cfg, num_classes=num_classes, plan="grouped")
     rows = layer_rows(model, image_size)
     return rows, totals(rows)
 

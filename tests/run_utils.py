@@ -49,9 +49,11 @@ def main_cmd(workdir: Path, *flags: str, config: Path = QUICKSTART) -> list[str]
 
 
 def run_main(workdir: Path, *flags: str, devices: int = 1, timeout: float = 600,
-             config: Path = QUICKSTART) -> subprocess.CompletedProcess:
-    return subprocess.run(main_cmd(workdir, *flags, config=config), env=env_with_devices(devices),
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+             config: Path = QUICKSTART,
+             extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(main_cmd(workdir, *flags, config=config),
+                          env=env_with_devices(devices, **(extra_env or {})), cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def free_port() -> int:

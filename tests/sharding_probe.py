@@ -51,10 +51,11 @@ def run(net: str, mode: str, devices: int, batches) -> dict:
     config = config_for(net, mode, batches[0]["label"].shape[0])
     mesh = sharding.make_mesh(jax.devices()[:devices])
     context = ModeContext("cpu", native=native.available())
-    model = steps.make_model(config, context)
+    size = config.dataset.image_size
+    model = steps.make_model(config, steps.plan_modes(config, (size, size, 3), context,
+                                                      can_measure=False).plan)
     schedule = steps.learning_rate_schedule(config, 100, 1000)
     tx = steps.make_optimizer(config, schedule)
-    size = config.dataset.image_size
     state, shardings = steps.init_state(model, tx, (size, size, 3), 0, mesh)
     train, _, _ = steps.compile_steps(model, tx, schedule, shardings, mesh)
     compiled = train.lower(state, batches[0]).compile()

@@ -152,6 +152,7 @@ def _compile_cli(*flags: str, timeout: float = 900) -> subprocess.CompletedProce
     ({"eval_batch_size": 100}, "v4-32", "eval_batch_size=100 is not divisible by the 16 "
                                         "chips"),
     ({"conv_mode": "native"}, "v4-8", "cannot compile for TPU"),
+    ({"conv_mode": "autotune"}, "v4-8", "compile-only devices run nothing"),
     ({"learning_rate": -1.0}, "v4-8", "learning_rate"),
 ])
 def test_bad_input_is_refused_before_compiling(overrides, topology, message):

@@ -25,7 +25,8 @@ from igc_jax.mxnet import infer as mxnet_infer
 from igc_jax.mxnet import saved as mxnet_saved
 from igc_jax.mxnet import symbol as mxnet_symbol
 from igc_jax.data import NORMALIZATION
-from igc_jax.igc.layers import BatchNorm, IGCConv, same_padding
+from igc_jax.igc.layers import IGCConv, same_padding
+from igc_jax.models.norm import BatchNorm
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mxnet"
 OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_models"
@@ -70,7 +71,7 @@ def test_converted_fixture_matches_mxnet_logits(name, conv_mode):
     symbol, arrays, ref = load_fixture(name)
     variables, converted = convert_mxnet.convert_model(symbol, arrays)
     model = models.build_model(converted.model, num_classes=converted.num_classes,
-                               conv_mode=conv_mode)
+                               plan=conv_mode)
     logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(
         variables, jnp.asarray(ref["data"].transpose(0, 2, 3, 1)))
     assert logits.shape == ref["logits"].shape

@@ -49,7 +49,7 @@ def test_config_loads_validates_and_builds(name, arg):
     config = load(name).get_config(arg)
     validate(config)
     model = models.build_model(config.model, num_classes=config.dataset.num_classes,
-                               dtype=config.dtype, conv_mode=config.conv_mode)
+                               dtype=config.dtype, plan=config.conv_mode)
     size = config.dataset.image_size
     x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
     params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)["params"]

@@ -23,6 +23,7 @@ from jax import lax
 
 from igc_jax import models
 from igc_jax.igc import layers, modes
+from igc_jax.models import norm
 
 OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_models"
 SYMBOLS = {
@@ -309,7 +310,7 @@ def test_imagenet_layout_matches_the_released_mxnet_symbol(network):
             B = int(attrs["branch_factor"])
             assert B == (module.L if part == "reorder1" else module.secondary_groups)
         elif op == "BatchNorm":
-            assert isinstance(module, layers.BatchNorm) and params[name]["scale"].shape == (c_in,)
+            assert isinstance(module, norm.BatchNorm) and params[name]["scale"].shape == (c_in,)
             assert (module.epsilon, module.momentum) == (float(attrs["eps"]),
                                                          float(attrs["momentum"]))
             assert attrs["fix_gamma"] == "False"
@@ -341,7 +342,7 @@ def _forward(model, image_size, batch=2, seed=0):
 def test_cifar_forward_and_batchnorm_momentum(arg, momentum):
     """Runs; logits (N, classes) float32, finite, differ between images; BN running mean moves by
     (1 − momentum)·batch mean (plain nets 0.99, residual 0.9, spec §2)."""
-    model = models.build_model(models.cifar_model(arg), num_classes=10, conv_mode="grouped")
+    model = models.build_model(models.cifar_model(arg), num_classes=10, plan="grouped")
     _, variables, logits, state = _forward(model, 32)
     assert logits.shape == (2, 10) and logits.dtype == jnp.float32
     assert np.isfinite(logits).all() and not np.allclose(logits[0], logits[1])
@@ -355,7 +356,7 @@ def test_cifar_forward_and_batchnorm_momentum(arg, momentum):
 def test_imagenet_forward_on_a_small_input(network):
     """32×32 input (1×1 after stage 4); the stem pads 3 on every side as MXNet, not XLA 'SAME'."""
     model = models.build_model(models.imagenet_model(network), num_classes=1000,
-                               conv_mode="grouped")
+                               plan="grouped")
     x, variables, logits, state = _forward(model, 32)
     assert logits.shape == (2, 1000) and logits.dtype == jnp.float32
     assert np.isfinite(logits).all() and not np.allclose(logits[0], logits[1])
@@ -370,14 +371,14 @@ def test_imagenet_forward_on_a_small_input(network):
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
     model = models.build_model(models.cifar_model("L24M2,D8,ident"), num_classes=10,
-                               dtype="bfloat16", conv_mode="grouped")
+                               dtype="bfloat16", plan="grouped")
     abstract = abstract_variables(model, 32, batch=2)
     assert {leaf.dtype for leaf in jax.tree.leaves(abstract)} == {jnp.dtype(jnp.float32)}
     variables = random_variables(abstract)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 32, 32, 3)), jnp.float32)
     low = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
     full = models.build_model(models.cifar_model("L24M2,D8,ident"), num_classes=10,
-                              conv_mode="grouped")
+                              plan="grouped")
     ref = jax.jit(lambda v, x: full.apply(v, x, train=False))(variables, x)
     assert low.dtype == jnp.float32
     np.testing.assert_allclose(low, ref, rtol=0.1, atol=0.1 * float(np.abs(ref).max()))
@@ -456,7 +457,7 @@ def test_bad_model_configs_fail_with_one_line(cfg, message):
 def test_bad_build_arguments_fail_with_one_line():
     cfg = models.cifar_model("L24M2,D20")
     with pytest.raises(ValueError, match="unknown IGC computation mode 'fast'"):
-        models.build_model(cfg, num_classes=10, conv_mode="fast")
+        models.build_model(cfg, num_classes=10, plan="fast")
     with pytest.raises(ValueError, match="num_classes must be a positive integer"):
         models.build_model(cfg, num_classes=0)
 

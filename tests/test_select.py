@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import pytest
 
 from igc_jax.igc import native, select
-from igc_jax.igc.layers import igc_apply, planned_modes
-from igc_jax.igc.select import LayerShape, ModeContext
+from igc_jax.igc.layers import igc_apply, layer_shapes
+from igc_jax.igc.select import LayerShape, ModeContext, ModePlan
 
 MEASURED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "cpu.json"
 # Best-of-N times on the shared 2-core machine move by up to ~1.4× between runs (cpu.md).
@@ -72,8 +73,9 @@ def test_native_in_registers_condition():
     assert not select.native_in_registers(LayerShape(4, 32, 128, 128))
 
 
-def test_shapes_only_work_builds_nothing(monkeypatch):
-    """planned_modes in the SHAPES_ONLY context never asks for the C++ kernels."""
+def test_planning_builds_nothing(monkeypatch):
+    """Deciding a plan from shapes never asks for the C++ kernels: the shapes come from a network
+    built with an explicit mode, and the rules read only the context they are given."""
     from igc_jax import models
 
     def no_build():
@@ -81,11 +83,39 @@ def test_shapes_only_work_builds_nothing(monkeypatch):
 
     monkeypatch.setattr(native, "available", no_build)
     monkeypatch.setattr(native, "_register", no_build)
-    model = models.build_model(models.cifar_model("L24M2,D8"), num_classes=10,
-                               context=select.SHAPES_ONLY)
-    plan = planned_modes(model, (32, 32, 3))
-    assert len(plan) == 6 and {mode for _, mode in plan.values()} == {"split"}
-    assert plan["stage2_layer1_igc"][0] == "48→96 L24 M4 3×3, stride 2"
+    model = models.build_model(models.cifar_model("L24M2,D8"), num_classes=10, plan="grouped")
+    shapes = layer_shapes(model, (32, 32, 3))
+    plan = select.decide(shapes.values(), "auto", ModeContext("cpu", native=False))
+    modes = select.layer_modes(shapes, plan)
+    assert len(modes) == 6 and {mode for _, mode in modes.values()} == {"split"}
+    assert modes["stage2_layer1_igc"][0] == "48→96 L24 M4 3×3, stride 2"
+    assert len(plan.by_shape) == 5  # one decision per distinct shape (stage 1 repeats one)
+
+
+def test_a_network_computes_each_layer_by_its_planned_mode():
+    """The network built with a plan runs each IGC layer in the mode the plan names for its
+    shape (read back from the built modules), and an explicit mode covers every layer."""
+    import flax.linen as nn
+
+    from igc_jax import models
+    from igc_jax.igc.layers import IGCConv
+
+    cfg = models.cifar_model("L24M2,D8")
+    shapes = layer_shapes(models.build_model(cfg, num_classes=10, plan="grouped"), (32, 32, 3))
+    first = next(iter(shapes.values()))
+    plan = ModePlan(default="composed", by_shape=((first, "split"),))
+    seen = {}
+
+    def interceptor(next_fun, args, kwargs, ctx):
+        if isinstance(ctx.module, IGCConv) and ctx.method_name == "__call__":
+            seen["/".join(ctx.module.path)] = ctx.module.mode
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        jax.eval_shape(lambda: models.build_model(cfg, num_classes=10, plan=plan).init(
+            jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
+    assert seen == {path: "split" if shape == first else "composed"
+                    for path, shape in shapes.items()}
 
 
 def test_native_unavailable_is_one_message(monkeypatch):
@@ -114,9 +144,10 @@ def test_auto_is_within_noise_of_the_fastest_measured_quickstart():
     from igc_jax import configs, models
 
     config = configs.load_config(MEASURED.parents[2] / "experiments" / "quickstart.py")
-    model = models.build_model(config.model, num_classes=10, conv_mode="auto",
-                               context=ModeContext("cpu", native=True))
-    plan = {path: mode for path, (_, mode) in planned_modes(model, (8, 8, 1)).items()}
+    shapes = layer_shapes(models.build_model(config.model, num_classes=10, plan="grouped"),
+                          (8, 8, 1))
+    decided = select.decide(shapes.values(), "auto", ModeContext("cpu", native=True))
+    plan = {path: mode for path, (_, mode) in select.layer_modes(shapes, decided).items()}
     runs = json.loads(QUICKSTART_MEASURED.read_text())["runs"]
     cached = {name: [r["cpu_seconds"] for r in rs] for name, rs in runs.items()
               if name.endswith(" cached")}

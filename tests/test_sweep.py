@@ -31,7 +31,7 @@ def test_every_point_builds_and_validates(path):
         config = module.get_config(name)
         validate(config)
         model = models.build_model(config.model, num_classes=config.dataset.num_classes,
-                                   conv_mode="grouped")
+                                   plan="grouped")
         side = config.dataset.image_size
         x = jax.ShapeDtypeStruct((2, side, side, 3), "float32")
         variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)

@@ -50,7 +50,7 @@ def _torch_slots(net) -> list[tuple[str, torch.Tensor]]:
 
 def _pair(arg: str):
     cfg = models.cifar_model(arg)
-    model = models.build_model(cfg, num_classes=10, conv_mode="grouped")
+    model = models.build_model(cfg, num_classes=10, plan="grouped")
     variables = model.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)), train=False)
     net = torch_peer.build(dict(cfg))
     leaves, slots = _flax_leaves(variables["params"]), _torch_slots(net)

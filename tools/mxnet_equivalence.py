@@ -41,7 +41,7 @@ def compare(directory: Path, name: str, modes: list[str]) -> dict:
            "max_abs_logit": float(np.abs(ref).max()), "modes": {}}
     for mode in modes:
         model = models.build_model(converted.model, num_classes=converted.num_classes,
-                                   conv_mode=mode)
+                                   plan=mode)
         start = time.perf_counter()
         logits = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(
             variables, jnp.asarray(data)))

@@ -181,8 +181,10 @@ FIELDS: tuple[Field, ...] = (
     Field("dtype", "float32", Choice(DTYPES),
           "compute dtype (parameters, BatchNorm statistics and logits stay float32)"),
     Field("conv_mode", "auto", Choice(Vocabulary("conv_modes")),
-          "how each IGC layer is computed: `auto` (decided per layer, logged) or a mode of "
-          "igc_jax.igc.modes"),
+          "how each IGC layer is computed, decided once per layer shape and logged: `auto` "
+          "(CPU: the measured rules; GPU/TPU: timed on the device), `autotune` (timed on any "
+          "backend, cached in $IGC_JAX_AUTOTUNE_DIR or ~/.cache/igc_jax/autotune), or one mode "
+          "of igc_jax.igc.modes for every layer"),
     Field("log_every_steps", 100, Integer(1), "training metrics every this many steps"),
     Field("eval_every_steps", 0, Integer(0), "test metrics every this many steps (0: every "
           "epoch)"),

@@ -11,9 +11,13 @@ symmetric padding (XLA's 'SAME' pads stride-2 layers asymmetrically).
               VJP), then shuffle·secondary·shuffle as one C×C matmul; for small groups (C_in/L).
 - `split`:    primary conv as L dense convolutions on the groups' channels, then the same matmul;
               for few, wide groups.
+- `grouped_mix`: primary conv as one grouped XLA convolution, then the same matmul: `grouped`
+              without its second grouped convolution and the two shuffles (a candidate of the
+              autotuner, `igc_jax.igc.autotune`).
 - `native`:   primary conv by a C++ XLA FFI kernel (igc_jax/native, CPU), then the same matmul
               with its weight gradient in C++ too; the fastest on CPU for all but wide groups.
-Which one a layer uses is decided in `igc_jax.igc.select` (`auto`).
+Which one a layer uses is decided in `igc_jax.igc.select` (`auto`'s rules) or measured by
+`igc_jax.igc.autotune`.
 """
 from __future__ import annotations
 
@@ -210,6 +214,18 @@ def igc_split(x, primary, secondary, *, L, M, strides=(1, 1), padding=((1, 1), (
     return y1 @ kernels.mixing_matrix(secondary, L, M).astype(y1.dtype)
 
 
+def igc_grouped_mix(x, primary, secondary, *, L, M, strides=(1, 1), padding=((1, 1), (1, 1))):
+    """Primary conv as one grouped convolution; shuffle(L), secondary conv and shuffle(M) as one
+    C×C matrix (`kernels.mixing_matrix`) applied by a matmul.
+
+    Why a candidate: XLA lowers a grouped 1×1 convolution with few channels per group poorly on
+    accelerators (TPU: the group converter's extra spatial dimension; GPU: no tensor-core padding),
+    while a dense C×C matmul is what they run best; M× the secondary's multiply-adds buy that.
+    """
+    y1 = conv(x, primary, strides, padding, groups=L)
+    return y1 @ kernels.mixing_matrix(secondary, L, M).astype(y1.dtype)
+
+
 def igc_native(x, primary, secondary, *, L, M, strides=(1, 1), padding=((1, 1), (1, 1))):
     """Primary conv by the C++ FFI kernel (igc_jax/native, CPU), then the secondary conv.
 
@@ -231,6 +247,7 @@ MODES: dict[str, Callable] = {
     "composed": igc_composed,
     "taps": igc_taps,
     "split": igc_split,
+    "grouped_mix": igc_grouped_mix,
     "native": igc_native,
 }
 

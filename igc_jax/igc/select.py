@@ -1,9 +1,11 @@
-"""Which computation mode computes an IGC layer (`auto`), decided from an explicit context.
+"""Which computation mode computes each IGC layer: the rules of `auto`, and the plan a network
+is built with.
 
 `ModeContext` says what the run has: the backend it compiles for and whether the C++ kernels of
-mode `native` built here. `select_mode(shape, context)` is a pure function of the two, so a run
-decides every layer's mode once, when its model is built (`igc_jax.igc.layers.planned_modes`
-lists them without compiling), and logs and saves the choice. Nothing here builds C++: only
+mode `native` built here. `select_mode(shape, context)` is a pure function of the two. A run
+decides every layer's mode once, before its network is built: `decide` turns the network's layer
+shapes (`igc_jax.igc.layers.layer_shapes`, from shapes alone) into a `ModePlan`, the network is
+built with that plan, and the run logs and saves it. Nothing here builds C++: only
 `detect_context` asks `native.available()`, once per process.
 
 The rules, each from `benchmarks/results/cpu.md` (forward + backward, 2-core CPU; the test
@@ -27,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+from typing import Iterable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +74,6 @@ class ModeContext:
         if self.native and self.backend != "cpu":
             raise ValueError("the native C++ kernels are CPU-only")
 
-
-# For work that only needs shapes (summaries, conversion, eval_shape): builds nothing.
-SHAPES_ONLY = ModeContext(backend="cpu", native=False)
 
 
 @functools.cache
@@ -120,3 +120,48 @@ def select_mode(shape: LayerShape, context: ModeContext) -> str:
     if kh * kw * (shape.C_in // shape.L) <= TAPS_MAX_TERMS:
         return "taps"
     return "composed"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModePlan:
+    """The computation mode of every IGC layer of a network, decided before it is built.
+
+    `by_shape` lists the layer shapes a run decided one by one; every other shape gets `default`:
+    a mode, or `auto`, which the layer resolves itself with `select_mode` in this process's
+    context when it is traced (for library use; a run's plan names every layer's mode). Frozen
+    and hashable: it is a field of the Flax modules that use it.
+    """
+    default: str = "auto"
+    by_shape: tuple[tuple[LayerShape, str], ...] = ()
+
+    def mode(self, shape: LayerShape) -> str:
+        """The mode planned for a layer of this shape."""
+        return dict(self.by_shape).get(shape, self.default)
+
+    def to_json(self) -> dict:
+        return {"default": self.default,
+                "by_shape": [[dataclasses.asdict(s), m] for s, m in self.by_shape]}
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> "ModePlan":
+        def shape(f: Mapping) -> LayerShape:
+            size = f.get("size")
+            return LayerShape(**{**f, "kernel": tuple(f["kernel"]),
+                                 "strides": tuple(f["strides"]),
+                                 "size": tuple(size) if size is not None else None})
+        return cls(d["default"], tuple((shape(s), m) for s, m in d["by_shape"]))
+
+
+def decide(shapes: Iterable[LayerShape], conv_mode: str, context: ModeContext) -> ModePlan:
+    """The plan for a network with these layer shapes: one mode for all (an explicit
+    `conv_mode`), or `auto`'s rules applied to each distinct shape in `context`."""
+    if conv_mode != "auto":
+        return ModePlan(default=conv_mode)
+    distinct = dict.fromkeys(shapes)
+    return ModePlan(default=conv_mode,
+                    by_shape=tuple((s, select_mode(s, context)) for s in distinct))
+
+
+def layer_modes(shapes: Mapping[str, LayerShape], plan: ModePlan) -> dict[str, tuple[str, str]]:
+    """{layer path: (its shape, described; its planned mode)}, for logs and status.json."""
+    return {path: (shape.describe(), plan.mode(shape)) for path, shape in shapes.items()}

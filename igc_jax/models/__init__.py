@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from igc_jax.configs.networks import (IMAGENET_NETWORKS, cifar_model, imagenet_model,
                                       network_name)
 from igc_jax.igc.layers import check_mode
-from igc_jax.igc.select import ModeContext
+from igc_jax.igc.select import ModePlan
 from igc_jax.models import cifar, imagenet
 from igc_jax.models.blocks import Compute
 
@@ -52,7 +52,9 @@ def _make(model_cfg: Mapping[str, Any], *, num_classes: int, dtype: Any,
         raise ValueError(f"unknown model name {name!r}; choose from {', '.join(MODELS)}")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    check_mode(compute.conv_mode)
+    check_mode(compute.plan.default)
+    for _, mode in compute.plan.by_shape:
+        check_mode(mode)
     fields, required = _constructor_fields(MODELS[name])
     given = {k: v for k, v in dict(model_cfg).items() if k != "name"}
     if unknown := sorted(set(given) - fields):
@@ -69,13 +71,14 @@ def validate_model_config(model_cfg: Mapping[str, Any], *, num_classes: int) -> 
 
 
 def build_model(model_cfg: Mapping[str, Any], *, num_classes: int, dtype: Any = jnp.float32,
-                conv_mode: str = "auto", context: ModeContext | None = None,
-                bn_axis: str | None = None) -> nn.Module:
+                plan: ModePlan | str = "auto", bn_axis: str | None = None) -> nn.Module:
     """The Flax module of a model config; `__call__(x, train)` maps NHWC images to float32 logits.
 
     `dtype` is the compute dtype (a jnp dtype or its name); parameters, BatchNorm statistics and
-    the logits stay float32. `conv_mode`, `context` and `bn_axis` say how it computes
-    (`models.blocks.Compute`); none of them changes the parameters or the function.
+    the logits stay float32. `plan` (a `ModePlan`, or one mode name for every IGC layer) and
+    `bn_axis` say how it computes (`models.blocks.Compute`); neither changes the parameters or the
+    function.
     """
+    plan = ModePlan(default=plan) if isinstance(plan, str) else plan
     return _make(model_cfg, num_classes=num_classes, dtype=jnp.dtype(dtype),
-                 compute=Compute(conv_mode=conv_mode, context=context, bn_axis=bn_axis))
+                 compute=Compute(plan=plan, bn_axis=bn_axis))

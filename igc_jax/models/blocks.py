@@ -13,21 +13,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from igc_jax.igc.layers import BatchNorm, IGCConv, PointwiseConv, he_normal, same_padding
-from igc_jax.igc.select import ModeContext
+from igc_jax.igc.layers import IGCConv, he_normal, igc_layer_shape, same_padding
+from igc_jax.igc.select import ModePlan
+from igc_jax.models.norm import BatchNorm
+from igc_jax.models.pointwise import PointwiseConv
 
 
 @dataclasses.dataclass(frozen=True)
 class Compute:
     """How a network computes, not what: the same parameters and function under every choice.
 
-    conv_mode: every IGC layer's computation mode (`auto`: chosen per layer from `context`).
-    context: what `auto` may use (backend, native kernels); None: this process's.
+    plan: every IGC layer's computation mode, by layer shape, decided before the network is built
+      (`igc_jax.igc.select.decide`).
     bn_axis: the mesh axis BatchNorm averages its batch statistics over when the step runs per
       device (`shard_map`): the global batch's statistics. None: this device's batch only.
     """
-    conv_mode: str = "auto"
-    context: ModeContext | None = None
+    plan: ModePlan = ModePlan()
     bn_axis: str | None = None
 
 # BatchNorm epsilon of every official network (spec §2).
@@ -83,10 +84,11 @@ def conv(x, features: int, kernel: int, strides: int, *, name: str, groups: int 
 
 def igc(x, features: int, strides: int, *, L: int, M: int, sum_fusion: bool, compute: Compute,
         name: str, init: str = "he_normal", dtype: Any = jnp.float32):
-    """One 3×3 IGC layer: primary (L groups) → shuffle → secondary (M groups) → shuffle, no bias."""
-    return IGCConv(features, L, M, strides=(strides, strides), sum_fusion=sum_fusion,
-                   mode=compute.conv_mode, context=compute.context, kernel_init=conv_init(init),
-                   dtype=dtype, name=name)(x)
+    """One 3×3 IGC layer: primary (L groups) → shuffle → secondary (M groups) → shuffle, no bias;
+    computed by the mode its shape has in `compute.plan`."""
+    mode = compute.plan.mode(igc_layer_shape(x.shape, features, L, M, strides=(strides, strides)))
+    return IGCConv(features, L, M, strides=(strides, strides), sum_fusion=sum_fusion, mode=mode,
+                   kernel_init=conv_init(init), dtype=dtype, name=name)(x)
 
 
 def batch_norm(x, *, momentum: float, train: bool, name: str, compute: Compute,

@@ -140,11 +140,10 @@ def abstract_variables(converted: ConvertedModel) -> dict:
     import jax.numpy as jnp
 
     from igc_jax import models
-    from igc_jax.igc.select import SHAPES_ONLY
 
-    # Shapes only: no mode needs the C++ kernels built.
+    # Shapes only: an explicit mode decides nothing and builds no C++ kernel.
     model = models.build_model(converted.model, num_classes=converted.num_classes,
-                               context=SHAPES_ONLY)
+                               plan="grouped")
     x = jax.ShapeDtypeStruct((1, converted.image_size, converted.image_size, 3), jnp.float32)
     return jax.eval_shape(lambda rng, x: model.init(rng, x, train=False), jax.random.PRNGKey(0), x)
 

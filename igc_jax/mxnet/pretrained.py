@@ -60,7 +60,7 @@ def load_pretrained(directory: str, conv_mode: str = "auto") -> Pretrained:
         raise UserError(f"{directory}/model.json records no preprocessing (not a released model); "
                         f"build it with igc_jax.build_model and normalise the inputs yourself")
     module = models.build_model(info["model"], num_classes=info["num_classes"],
-                                conv_mode=conv_mode)
+                                plan=conv_mode)
     return Pretrained(module=module, variables=saved.load_converted(directory),
                       image_size=info["image_size"], num_classes=info["num_classes"],
                       preprocessing=info["preprocessing"])

@@ -27,7 +27,6 @@ import numpy as np
 
 from igc_jax.errors import UserError
 from igc_jax.igc import select
-from igc_jax.igc.layers import planned_modes
 from igc_jax.training import sharding, steps
 from igc_jax.training.gpu_targets import GpuTarget
 from igc_jax.training.slices import Slice
@@ -150,7 +149,12 @@ def check_batch(config: ml_collections.ConfigDict, target: Target) -> None:
 
 
 def check_mode(conv_mode: str, target: Target) -> None:
-    """Mode `native` is C++ for the CPU: a TPU or GPU program cannot contain it."""
+    """Mode `native` is C++ for the CPU: a TPU or GPU program cannot contain it; `autotune`
+    times each mode on the device, and compile-only devices run nothing."""
+    if conv_mode == "autotune":
+        raise UserError("conv_mode='autotune' times the modes on the device that trains, and "
+                        "compile-only devices run nothing; compile with conv_mode='auto' (its "
+                        "rules' choice) or the mode the tuner chose")
     if conv_mode == "native":
         raise UserError("conv_mode='native' is the CPU's C++ kernels and cannot compile for "
                         f"{target.platform.upper()}; use conv_mode='auto' or an XLA mode (grouped, "
@@ -282,7 +286,10 @@ def build_program(config: ml_collections.ConfigDict, devices: list,
                   context: select.ModeContext) -> Program:
     """The trainer's steps for `config` on `devices`, with `auto` deciding in `context`."""
     mesh = sharding.make_mesh(devices)
-    model = steps.make_model(config, context)
+    # Compile-only devices run nothing: `auto` takes its rules' choice there, which a run on
+    # the device replaces with measurements (igc_jax.igc.autotune).
+    planned = steps.plan_modes(config, input_shape(config), context, can_measure=False)
+    model = steps.make_model(config, planned.plan)
     epochs = config.num_epochs if config.num_train_steps <= 0 else 1
     schedule = steps.learning_rate_schedule(
         config, _NOMINAL_STEPS_PER_EPOCH, max(int(math.ceil(epochs * _NOMINAL_STEPS_PER_EPOCH)),
@@ -292,8 +299,7 @@ def build_program(config: ml_collections.ConfigDict, devices: list,
     train, evaluate, _ = steps.compile_steps(
         model, tx, schedule, shardings, mesh,
         average_batch_stats=config.batch_norm == "per_device")
-    return Program(config, mesh, state, train, evaluate,
-                   planned_modes(model, input_shape(config)))
+    return Program(config, mesh, state, train, evaluate, planned.layers)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,6 @@ from etils import epath
 from igc_jax import data
 from igc_jax.errors import EnvironmentFailure, UserError, environment_failure, one_line
 from igc_jax.igc import select
-from igc_jax.igc.layers import planned_modes
 from igc_jax.training import checkpoint as ckpt_lib
 from igc_jax.training import sharding, steps
 from igc_jax.training.metrics_log import MetricsLog, read_status
@@ -147,19 +146,22 @@ class SigtermFlag:
 
 # ---------------------------------------------------------------- visible choices and profiling
 
-def record_conv_modes(model, image_shape, context: select.ModeContext) -> dict:
-    """Every IGC layer's computation mode, decided once from `context` (before any compile):
-    logged once per distinct (layer shape, mode) and returned for status.json."""
-    plan = planned_modes(model, image_shape)
-    if plan:
+def record_conv_modes(planned: steps.PlannedModes, context: select.ModeContext) -> dict:
+    """Every IGC layer's computation mode (`steps.plan_modes`, decided once, before any
+    compile): logged once per distinct (layer shape, mode) and returned for status.json, with
+    the autotuner's timings when it measured."""
+    by_layer = planned.layers
+    if by_layer:
         counts: dict[tuple[str, str], int] = {}
-        for shape, mode in plan.values():
+        for shape, mode in by_layer.values():
             counts[shape, mode] = counts.get((shape, mode), 0) + 1
-        log.warning("IGC computation modes (%s, native kernels %s): %s", context.backend,
+        log.warning("IGC computation modes (%s, native kernels %s, %s): %s", context.backend,
                     "available" if context.native else "unavailable",
+                    "measured" if planned.measured else "not measured",
                     "; ".join(f"{m} for {n}× {s}" for (s, m), n in counts.items()))
     return {"context": {"backend": context.backend, "native": context.native},
-            "layers": {path: mode for path, (_, mode) in plan.items()}}
+            "layers": {path: mode for path, (_, mode) in by_layer.items()},
+            **({"autotune": list(planned.tuned)} if planned.measured else {})}
 
 
 class Profiler:
@@ -270,8 +272,9 @@ def _train(config: ml_collections.ConfigDict, wd: epath.Path, mesh, plan, status
     info, steps_per_epoch, num_steps = plan.info, plan.steps_per_epoch, plan.num_steps
     eval_every = plan.eval_every
     context = select.detect_context()
-    model = steps.make_model(config, context)
-    conv_modes = record_conv_modes(model, info.image_shape, context)
+    planned = steps.plan_modes(config, info.image_shape, context)
+    conv_modes = record_conv_modes(planned, context)
+    model = steps.make_model(config, planned.plan)
     schedule = steps.learning_rate_schedule(config, steps_per_epoch, num_steps)
     tx = steps.make_optimizer(config, schedule)
     state, state_shardings = steps.init_state(model, tx, info.image_shape, config.seed, mesh)

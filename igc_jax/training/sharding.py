@@ -48,3 +48,18 @@ def global_batch(local: Any, mesh: Mesh) -> Any:
     with jax.transfer_guard_host_to_device("allow"):
         return jax.tree.map(
             lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), local)
+
+
+def broadcast_text(text: str) -> str:
+    """Process 0's `text` on every process (the others' argument is ignored): how a decision
+    made once, such as the measured IGC modes, reaches every process before anything compiles
+    (processes that compiled different programs would hang in their first collective)."""
+    if jax.process_count() == 1:
+        return text
+    from jax.experimental import multihost_utils
+    data = np.frombuffer(text.encode(), np.uint8)
+    size = int(multihost_utils.broadcast_one_to_all(np.asarray(data.size, np.int64)))
+    buf = np.zeros(size, np.uint8)
+    if jax.process_index() == 0:
+        buf[:] = data
+    return bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf))).decode()

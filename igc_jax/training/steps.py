@@ -17,7 +17,9 @@ issue 47945, and would all-gather the whole batch around every IGC layer; the C+
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 from typing import Any
 
 import flax
@@ -31,7 +33,9 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec as P
 
 from igc_jax import models
-from igc_jax.igc.select import ModeContext
+from igc_jax.igc import autotune, select
+from igc_jax.igc.layers import layer_shapes
+from igc_jax.igc.select import ModeContext, ModePlan
 from igc_jax.training import sharding
 from igc_jax.training.sharding import DATA_AXIS
 
@@ -73,14 +77,50 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule):
         optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov))
 
 
-def make_model(config: ml_collections.ConfigDict, context: ModeContext | None = None,
+def make_model(config: ml_collections.ConfigDict, plan: ModePlan | None = None,
                per_device: bool = True) -> nn.Module:
-    """The config's network; under the per-device steps its BatchNorm averages over `data`
-    (unless config.batch_norm is "per_device")."""
+    """The config's network, its IGC layers computed by `plan` (None: config.conv_mode for all,
+    `auto` then resolving each layer as it is traced); under the per-device steps its BatchNorm
+    averages over `data` (unless config.batch_norm is "per_device")."""
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
     bn_axis = DATA_AXIS if per_device and config.get("batch_norm", "global") == "global" else None
+    if plan is None:
+        plan = ModePlan("auto" if config.conv_mode == "autotune" else config.conv_mode)
     return models.build_model(config.model, num_classes=config.dataset.num_classes, dtype=dtype,
-                              conv_mode=config.conv_mode, context=context, bn_axis=bn_axis)
+                              plan=plan, bn_axis=bn_axis)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedModes:
+    """The IGC modes a run builds its network with, and how they were decided."""
+    plan: ModePlan
+    layers: dict[str, tuple[str, str]]       # layer path -> (its shape, its mode)
+    measured: bool = False                   # by `igc_jax.igc.autotune` (else the rules / config)
+    tuned: tuple[dict, ...] = ()             # autotune's timings per distinct shape (JSON)
+
+
+def plan_modes(config: ml_collections.ConfigDict, input_shape: tuple[int, ...],
+               context: ModeContext, *, batch_size: int | None = None,
+               can_measure: bool = True) -> PlannedModes:
+    """The plan the config's network is built with, decided once from its layer shapes, before
+    anything of the step compiles: config.conv_mode for every IGC layer; or measured on this
+    process's device (`autotune`, and `auto` on GPU/TPU: `autotune.measures`) at the per-device
+    share of `batch_size` (default config.batch_size), on process 0 only, its plan shared with
+    every process; or `auto`'s rules for each shape in `context` (also where nothing can run:
+    `can_measure` False, compile-only devices)."""
+    shapes = layer_shapes(make_model(config, ModePlan("grouped")), input_shape)
+    rules = "auto" if config.conv_mode == "autotune" else config.conv_mode
+    if not (shapes and can_measure and autotune.measures(config.conv_mode, context.backend)):
+        plan = select.decide(shapes.values(), rules, context)
+        return PlannedModes(plan, select.layer_modes(shapes, plan))
+    text = ""
+    if jax.process_index() == 0:
+        batch = max((batch_size or config.batch_size) // jax.device_count(), 1)
+        plan, tuned = autotune.tune(shapes.values(), config.dtype, batch, context)
+        text = json.dumps({"plan": plan.to_json(), "tuned": [t.to_json() for t in tuned]})
+    shared = json.loads(sharding.broadcast_text(text))
+    plan = ModePlan.from_json(shared["plan"])
+    return PlannedModes(plan, select.layer_modes(shapes, plan), True, tuple(shared["tuned"]))
 
 
 # ---------------------------------------------------------------- state and steps

@@ -20,11 +20,11 @@ import ml_collections
 from igc_jax import data, models
 from igc_jax.configs import base_config, schema
 from igc_jax.errors import UserError
-from igc_jax.igc.layers import MODE_NAMES
+from igc_jax.igc.autotune import CONV_MODES
 
 # The allowed values the schema names by vocabulary, from the layers that own them.
 VOCABULARIES = {"datasets": tuple(data.DATASETS), "normalizations": tuple(data.NORMALIZATION),
-                "augmentations": tuple(data.AUGMENTATIONS), "conv_modes": tuple(MODE_NAMES)}
+                "augmentations": tuple(data.AUGMENTATIONS), "conv_modes": CONV_MODES}
 
 
 def _flat_keys(d: Any, prefix: str = "") -> list[str]:
