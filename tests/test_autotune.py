@@ -160,3 +160,32 @@ def test_two_processes_run_the_modes_process_0_measured(tmp_path):
     assert list((tmp_path / "cache0").glob("*.json"))
     assert not (tmp_path / "cache1").exists()
     assert "autotune (" in errs[0] and "autotune (" not in errs[1]
+
+
+def test_a_run_resumed_with_other_modes_continues_from_its_state(tmp_path, monkeypatch):
+    """The checkpoint holds parameters, not modes: a run cut at step 3 in `split` and resumed in
+    `composed` goes on from step 3 and ends where an uninterrupted `split` run does, to the two
+    modes' float32 rounding."""
+    import jax
+    import numpy as np
+
+    from igc_jax.training import loop as train
+    from run_utils import final_params, tiny_config, train_losses
+
+    cfg = dict(num_train_steps=6, checkpoint_every_steps=100)
+    train.train_and_evaluate(tiny_config(conv_mode="split", **cfg), str(tmp_path / "ref"))
+    original = train.SigtermFlag.__call__
+    monkeypatch.setattr(train.SigtermFlag, "__call__", lambda self, step: step == 3)
+    with pytest.raises(train.Preempted):
+        train.train_and_evaluate(tiny_config(conv_mode="split", **cfg), str(tmp_path / "cut"))
+    monkeypatch.setattr(train.SigtermFlag, "__call__", original)
+    st = train.train_and_evaluate(tiny_config(conv_mode="composed", **cfg), str(tmp_path / "cut"))
+    assert st["status"] == "finished" and st["step"] == 6
+    assert st["conv_modes"]["layers"] and set(st["conv_modes"]["layers"].values()) == {"composed"}
+    losses, ref = train_losses(tmp_path / "cut"), train_losses(tmp_path / "ref")
+    np.testing.assert_array_equal(losses[:3], ref[:3])  # the same mode up to the cut
+    np.testing.assert_allclose(losses, ref, rtol=1e-5)
+    a, b = final_params(tmp_path / "cut"), final_params(tmp_path / "ref")
+    assert a["step"] == b["step"] == 6
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
+                 a["params"], b["params"])
