@@ -26,7 +26,7 @@ def fake_timer(monkeypatch, table):
     """time_mode replaced by `table[(shape, mode)]` (default: the mode's rank), calls recorded."""
     calls = []
 
-    def time_mode(mode, shape, args, budget_s):
+    def time_mode(mode, shape, args, budget_s, beaten_ms=None):
         calls.append((shape, mode))
         return table.get((shape, mode), 10.0 + len(mode))
     monkeypatch.setattr(autotune, "time_mode", time_mode)
@@ -78,7 +78,8 @@ def test_a_damaged_cache_entry_is_measured_again_with_one_warning(monkeypatch, t
 def test_candidates_follow_the_backend_and_the_layer():
     wide, many = SHAPES[2], LayerShape(L=100, M=2, C_in=200, C=200, size=(56, 56))
     assert autotune.candidates(wide, ModeContext("tpu")) == (
-        "grouped", "composed", "grouped_mix", "split")
+        "grouped", "composed", "grouped_mix", "split")  # the rules' choice (grouped) first
+    assert autotune.candidates(SHAPES[0], ModeContext("cpu", native=True))[0] == "native"
     assert "split" not in autotune.candidates(many, ModeContext("gpu"))
     assert "native" in autotune.candidates(wide, ModeContext("cpu", native=True))
     # taps' fusions have kh·kw·C_in/L terms: 9·16 = 144 > TAPS_MAX_TERMS for L4M16

@@ -41,6 +41,7 @@ CONV_MODES = ("auto", "autotune", *modes.MODES)
 REPS = 5                 # timed calls per candidate, after the warm-up
 LAYER_BUDGET_S = 2.0     # a layer's timed calls (not its compiles), shared by its candidates
 SPLIT_MAX_GROUPS = 32    # `split` compiles one convolution per group: not for L100M2's 100+
+SLOWER = 3.0             # a warm-up this many times the best so far ends a candidate's timing
 CACHE_VERSION = 1        # bump when what a timing means changes
 
 
@@ -51,9 +52,10 @@ def measures(conv_mode: str, backend: str) -> bool:
 
 
 def candidates(shape: LayerShape, context: ModeContext) -> tuple[str, ...]:
-    """The modes worth timing for a layer: every mode valid on the backend, less those whose
-    compile alone would cost more than a layer is worth (`split` beyond SPLIT_MAX_GROUPS groups,
-    `taps` beyond select.TAPS_MAX_TERMS terms or off the CPU, whose fusions it is written for)."""
+    """The modes worth timing for a layer, the rules' choice first: every mode valid on the
+    backend, less those whose compile alone would cost more than a layer is worth (`split`
+    beyond SPLIT_MAX_GROUPS groups, `taps` beyond select.TAPS_MAX_TERMS terms or off the CPU,
+    whose fusions it is written for)."""
     out = ["grouped", "composed", "grouped_mix"]
     if shape.L <= SPLIT_MAX_GROUPS:
         out.append("split")
@@ -62,7 +64,9 @@ def candidates(shape: LayerShape, context: ModeContext) -> tuple[str, ...]:
         out.append("taps")
     if context.native:
         out.append("native")
-    return tuple(out)
+    # The rules' choice first: a candidate far slower than it then stops after its warm-up.
+    first = select.select_mode(shape, context)
+    return tuple(sorted(out, key=lambda m: m != first))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,12 +168,20 @@ def _layer_args(shape: LayerShape, dtype: str, batch: int, device: Any) -> tuple
     return tuple(jax.device_put(jnp.asarray(a, dtype), device) for a in arrays)
 
 
-def time_mode(mode: str, shape: LayerShape, args: tuple, budget_s: float) -> float:
+def time_mode(mode: str, shape: LayerShape, args: tuple, budget_s: float,
+              beaten_ms: float | None = None) -> float:
     """Median milliseconds of one call of the layer's forward + backward in `mode`: a compile
-    and a warm-up call, then up to REPS timed calls, fewer once they have taken `budget_s` (one
-    at least)."""
+    and a timed warm-up call, then up to REPS timed calls, fewer once they have taken `budget_s`
+    (one at least). A candidate whose warm-up took SLOWER times `beaten_ms` (the best median so
+    far) is not timed further: its warm-up is its time (on the CPU XLA's grouped convolution
+    takes seconds where `native` takes milliseconds)."""
     step = _layer_step(mode, shape)
+    jax.block_until_ready(step(*args))  # compiles
+    t = time.perf_counter()
     jax.block_until_ready(step(*args))
+    warm = time.perf_counter() - t
+    if beaten_ms is not None and 1e3 * warm > SLOWER * beaten_ms:
+        return 1e3 * warm
     deadline = time.perf_counter() + budget_s
     times = []
     while len(times) < REPS and (not times or time.perf_counter() < deadline):
@@ -188,8 +200,10 @@ def tune_layer(shape: LayerShape, dtype: str, batch: int, context: ModeContext,
     cached = timings is not None
     if timings is None:
         args = _layer_args(shape, dtype, batch, device)
-        timings = {m: round(time_mode(m, shape, args, LAYER_BUDGET_S / len(names)), 4)
-                   for m in names}
+        timings: dict[str, float] = {}
+        for m in names:
+            best = min(timings.values(), default=None)
+            timings[m] = round(time_mode(m, shape, args, LAYER_BUDGET_S / len(names), best), 4)
         write_entry(directory, key, timings)
     return Tuned(shape, timings, min(timings, key=timings.get), cached)
 
