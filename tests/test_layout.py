@@ -1,5 +1,5 @@
-"""The package's layers import only downwards (README "Layout"), with no cycles, and the config
-layer loads without JAX (experiment files stay fast to load)."""
+"""The package's layers import only downwards (docs/design.md "Modules"), with no cycles, and the
+config layer loads without JAX (experiment files stay fast to load)."""
 from __future__ import annotations
 
 import ast
