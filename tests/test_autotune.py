@@ -23,13 +23,14 @@ SHAPES = [LayerShape(L=24, M=2, C_in=48, C=48, size=(32, 32)),
 
 
 def fake_timer(monkeypatch, table):
-    """time_mode replaced by `table[(shape, mode)]` (default: the mode's rank), calls recorded."""
+    """time_modes replaced by `table[(shape, mode)]` (default: 10 + the name's length), each
+    (shape, mode) timed recorded."""
     calls = []
 
-    def time_mode(mode, shape, args, budget_s, beaten_ms=None):
-        calls.append((shape, mode))
-        return table.get((shape, mode), 10.0 + len(mode))
-    monkeypatch.setattr(autotune, "time_mode", time_mode)
+    def time_modes(names, shape, args):
+        calls.extend((shape, m) for m in names)
+        return {m: table.get((shape, m), 10.0 + len(m)) for m in names}
+    monkeypatch.setattr(autotune, "time_modes", time_modes)
     return calls
 
 
@@ -190,3 +191,25 @@ def test_a_run_resumed_with_other_modes_continues_from_its_state(tmp_path, monke
     assert a["step"] == b["step"] == 6
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
                  a["params"], b["params"])
+
+
+def test_time_modes_drops_a_far_slower_candidate_after_its_warm_up(monkeypatch):
+    """Steps that sleep: the 300 ms one is over 3× slower than the 5 ms one at its warm-up and
+    takes no timed round; the others take REPS rounds each (the budget allows), and the medians order
+    them as their sleeps do."""
+    import time
+
+    calls = {}
+
+    def fake_step(mode, shape):
+        ms = {"native": 5, "composed": 10, "grouped": 300}[mode]
+
+        def step(*args):
+            calls[mode] = calls.get(mode, 0) + 1
+            time.sleep(ms / 1e3)
+            return ()
+        return step
+    monkeypatch.setattr(autotune, "_layer_step", fake_step)
+    t = autotune.time_modes(["native", "composed", "grouped"], SHAPES[0], ())
+    assert calls == {"native": 2 + autotune.REPS, "composed": 2 + autotune.REPS, "grouped": 2}
+    assert 5 <= t["native"] < t["composed"] < t["grouped"] and t["grouped"] >= 300

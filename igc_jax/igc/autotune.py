@@ -3,10 +3,9 @@
 Which mode is fastest depends on the layer (2 channels per group or 128), the dtype, the
 per-device batch and the chip, and nothing but a measurement on that chip decides it. `tune`
 times every candidate mode of every distinct layer shape, forward plus backward (the input and
-both kernel gradients), on this process's first local device: a compile and a warm-up call, then
-the median of up to `REPS` timed calls, fewer once a candidate has used its share of
-`LAYER_BUDGET_S`.
-It keeps the fastest.
+both kernel gradients), on this process's first local device: a compile and a warm-up call each,
+then the median of up to `REPS` timed calls taken in interleaved rounds, fewer once the layer
+has used `LAYER_BUDGET_S` (`time_modes`). It keeps the fastest.
 
 Every measurement is cached on disk (`cache_dir()`: `$IGC_JAX_AUTOTUNE_DIR`, else
 `~/.cache/igc_jax/autotune`), one JSON file per key: device kind, JAX and jaxlib versions, layer
@@ -39,7 +38,7 @@ log = logging.getLogger(__name__)
 # What a config's conv_mode may be: the two ways to decide per layer, or one mode for all.
 CONV_MODES = ("auto", "autotune", *modes.MODES)
 REPS = 5                 # timed calls per candidate, after the warm-up
-LAYER_BUDGET_S = 2.0     # a layer's timed calls (not its compiles), shared by its candidates
+LAYER_BUDGET_S = 2.0     # a layer's timed rounds (not its compiles and warm-ups)
 SPLIT_MAX_GROUPS = 32    # `split` compiles one convolution per group: not for L100M2's 100+
 SLOWER = 3.0             # a warm-up this many times the best so far ends a candidate's timing
 CACHE_VERSION = 1        # bump when what a timing means changes
@@ -168,27 +167,37 @@ def _layer_args(shape: LayerShape, dtype: str, batch: int, device: Any) -> tuple
     return tuple(jax.device_put(jnp.asarray(a, dtype), device) for a in arrays)
 
 
-def time_mode(mode: str, shape: LayerShape, args: tuple, budget_s: float,
-              beaten_ms: float | None = None) -> float:
-    """Median milliseconds of one call of the layer's forward + backward in `mode`: a compile
-    and a timed warm-up call, then up to REPS timed calls, fewer once they have taken `budget_s`
-    (one at least). A candidate whose warm-up took SLOWER times `beaten_ms` (the best median so
-    far) is not timed further: its warm-up is its time (on the CPU XLA's grouped convolution
-    takes seconds where `native` takes milliseconds)."""
-    step = _layer_step(mode, shape)
-    jax.block_until_ready(step(*args))  # compiles
+def _seconds(step: Callable, args: tuple) -> float:
     t = time.perf_counter()
     jax.block_until_ready(step(*args))
-    warm = time.perf_counter() - t
-    if beaten_ms is not None and 1e3 * warm > SLOWER * beaten_ms:
-        return 1e3 * warm
-    deadline = time.perf_counter() + budget_s
-    times = []
-    while len(times) < REPS and (not times or time.perf_counter() < deadline):
-        t = time.perf_counter()
-        jax.block_until_ready(step(*args))
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+    return time.perf_counter() - t
+
+
+def time_modes(names: Iterable[str], shape: LayerShape, args: tuple) -> dict[str, float]:
+    """Median milliseconds of one call of the layer's forward + backward in each mode.
+
+    Each candidate, in order, is compiled and warmed up by one timed call; one whose warm-up
+    took SLOWER times the fastest warm-up so far is out, its warm-up its time (on the CPU XLA's
+    grouped convolution takes seconds where `native` takes milliseconds). The others then take
+    their timed calls in interleaved rounds, so that load from other jobs hits them alike: up to
+    REPS rounds, fewer once LAYER_BUDGET_S has passed (one at least)."""
+    racing: dict[str, Callable] = {}
+    warm: dict[str, float] = {}
+    for m in names:
+        step = _layer_step(m, shape)
+        jax.block_until_ready(step(*args))  # compiles
+        warm[m] = _seconds(step, args)
+        if warm[m] <= SLOWER * min(warm.values()):
+            racing[m] = step
+    times: dict[str, list[float]] = {m: [] for m in racing}
+    deadline = time.perf_counter() + LAYER_BUDGET_S
+    for r in range(REPS):
+        if r and time.perf_counter() > deadline:
+            break
+        for m, step in racing.items():
+            times[m].append(_seconds(step, args))
+    return {m: round(1e3 * (statistics.median(times[m]) if m in times else warm[m]), 4)
+            for m in warm}
 
 
 def tune_layer(shape: LayerShape, dtype: str, batch: int, context: ModeContext,
@@ -199,11 +208,7 @@ def tune_layer(shape: LayerShape, dtype: str, batch: int, context: ModeContext,
     timings = read_entry(directory, key)
     cached = timings is not None
     if timings is None:
-        args = _layer_args(shape, dtype, batch, device)
-        timings: dict[str, float] = {}
-        for m in names:
-            best = min(timings.values(), default=None)
-            timings[m] = round(time_mode(m, shape, args, LAYER_BUDGET_S / len(names), best), 4)
+        timings = time_modes(names, shape, _layer_args(shape, dtype, batch, device))
         write_entry(directory, key, timings)
     return Tuned(shape, timings, min(timings, key=timings.get), cached)
 
