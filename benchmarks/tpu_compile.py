@@ -50,7 +50,7 @@ def jobs(max_batch: bool) -> list[tuple[str, str, bool]]:
     return out
 
 
-TOLERANCE = 0.01  # a search ends when its bracket is 1 % of the largest batch that fits
+TOLERANCE = 0.02  # a search ends when its bracket is 2 % of the largest batch that fits
 
 
 def bracketed(search: dict[str, Any], chips: int) -> bool:

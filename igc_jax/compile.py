@@ -73,9 +73,12 @@ def step_dict(report) -> dict[str, Any]:
             "compile_s": round(report.compile_s, 1), "out_of_memory": report.oom or None}
 
 
-def prior_search(path: str, config, topology: str) -> tuple[dict[int, int], int | None]:
+def prior_search(path: str, config,
+                 topology: str) -> tuple[dict[int, int], int | None, dict[str, Any] | None]:
     """({global batch: bytes per chip}, the compiler's budget) of the largest-batch search in an
-    earlier --json report, which must be of the same network, topology and dtype."""
+    earlier --json report, which must be of the same network, topology and dtype; and its train
+    and eval steps ({"train": ..., "eval": ...}) when they were compiled at this config's batch
+    sizes and mode, or None."""
     from igc_jax.configs.networks import network_name
     try:
         with open(path) as f:
@@ -89,7 +92,9 @@ def prior_search(path: str, config, topology: str) -> tuple[dict[int, int], int 
     if key != mine:
         raise UserError(f"--max_batch_resume={path} is a search of {key[0]} on {key[1]} in "
                         f"{key[2]}, not of {mine[0]} on {mine[1]} in {mine[2]}")
-    return prior, b.get("budget_bytes")
+    same = all(r.get(k) == config[k] for k in ("batch_size", "eval_batch_size", "conv_mode"))
+    steps = {k: r[k] for k in ("train", "eval")} if same and "eval" in r else None
+    return prior, b.get("budget_bytes"), steps
 
 
 def compile_config(config, topology: str, *, max_batch: bool = False,
@@ -101,16 +106,20 @@ def compile_config(config, topology: str, *, max_batch: bool = False,
     from igc_jax.igc.select import ModeContext
     from igc_jax.training import aot
     slc = aot.plan(config, topology)
-    prior, budget = prior_search(resume, config, topology) if resume else ({}, None)
+    prior, budget, done = prior_search(resume, config, topology) if resume else ({}, None, None)
     devices = aot.target_devices(slc)
     progress(f"compiling {network_name(config.model)} for {slc.describe()}: "
              f"{devices[0].device_kind}, topology {slc.topology_name}")
     program = aot.build_program(config, devices, ModeContext(slc.platform))
-    train = program.train_report(config.batch_size)
-    progress(f"  train step compiled in {train.compile_s:.0f} s")
-    evaluate = program.eval_report(config.eval_batch_size)
-    progress(f"  eval step compiled in {evaluate.compile_s:.0f} s")
-    need = max(train.total, evaluate.total)
+    if done is not None:  # the earlier report compiled them: not again
+        progress("  train and eval steps at the config's batch sizes: from --max_batch_resume")
+        train, evaluate = done["train"], done["eval"]
+    else:
+        train = step_dict(program.train_report(config.batch_size))
+        progress(f"  train step compiled in {train['compile_s']:.0f} s")
+        evaluate = step_dict(program.eval_report(config.eval_batch_size))
+        progress(f"  eval step compiled in {evaluate['compile_s']:.0f} s")
+    need = max(train["memory_bytes"]["total"], evaluate["memory_bytes"]["total"])
     out = {"network": network_name(config.model),
            "topology": topology, "jax_topology": slc.topology_name, "platform": slc.platform,
            "unit": slc.unit,
@@ -121,20 +130,18 @@ def compile_config(config, topology: str, *, max_batch: bool = False,
            "eval_batch_size": config.eval_batch_size, "dtype": config.dtype,
            "num_params": program.num_params, "conv_mode": config.conv_mode,
            "conv_modes": mode_counts(program.conv_modes),
-           "train": step_dict(train), "eval": step_dict(evaluate),
+           "train": train, "eval": evaluate,
            "need_per_chip_bytes": need, "fits": need <= slc.hbm_bytes and not
-           (train.oom or evaluate.oom), "margin_bytes": slc.hbm_bytes - need}
+           (train["out_of_memory"] or evaluate["out_of_memory"]),
+           "margin_bytes": slc.hbm_bytes - need}
     if max_batch:
-        reports = {config.batch_size: train}  # the first point of the search is compiled
-
         def measure(batch: int):
-            if batch not in reports:
-                reports[batch] = program.train_report(batch)
-                progress(f"  train step at global batch {batch}: "
-                         f"{reports[batch].total / 1e9:.2f} GB per chip")
-            return reports[batch]
+            report = program.train_report(batch)
+            progress(f"  train step at global batch {batch}: {report.total / 1e9:.2f} GB per chip")
+            return report
 
-        prior.setdefault(config.batch_size, train.total)
+        # The config's batch is the search's first point, compiled above.
+        prior.setdefault(config.batch_size, train["memory_bytes"]["total"])
         search = aot.largest_batch(measure, slc.chips, budget or slc.hbm_bytes,
                                    start=config.batch_size // slc.chips,
                                    max_compiles=max_batch_compiles, prior=prior,

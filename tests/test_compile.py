@@ -178,7 +178,14 @@ def test_a_resumed_search_must_be_of_the_same_program(saved, message, tmp_path):
     path.write_text(json.dumps({**saved, "network": "IGC-L4M4 (D=8)", "dtype": "float32",
                                 "max_batch": {"total_bytes_by_batch": {"64": 5, "128": 9},
                                               "budget_bytes": 7}}))
-    assert prior_search(str(path), config, "v5litepod-8") == ({64: 5, 128: 9}, 7)
+    assert prior_search(str(path), config, "v5litepod-8") == ({64: 5, 128: 9}, 7, None)
+    steps = {"train": {"memory_bytes": {"total": 5}}, "eval": {"memory_bytes": {"total": 2}}}
+    saved_steps = {**json.loads(path.read_text()), **steps, "batch_size": config.batch_size,
+                   "eval_batch_size": config.eval_batch_size, "conv_mode": config.conv_mode}
+    path.write_text(json.dumps(saved_steps))
+    assert prior_search(str(path), config, "v5litepod-8")[2] == steps  # not compiled again
+    path.write_text(json.dumps({**saved_steps, "batch_size": 2 * config.batch_size}))
+    assert prior_search(str(path), config, "v5litepod-8")[2] is None  # another program
 
 
 def test_bad_input_is_one_line_and_exit_2():
