@@ -392,11 +392,16 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 #   he_normal (official MXNet): convs N(0, 2/fan_in); classifier U(±sqrt(1/fan_in)); bias 0.
 #   torch_default (torch.nn.Conv2d / Linear reset_parameters: kaiming_uniform_(a=√5)):
 #     every kernel U(±sqrt(1/fan_in)), std sqrt(1/(3·fan_in)); classifier bias U(±sqrt(1/fan_in)).
+#   mxnet_xavier (official IGCV3, Xavier gaussian, factor 'in', magnitude 2): every kernel
+#     N(0, 2/fan_in), classifier included; bias 0.
 EXPECTED_INIT = {
     "he_normal": lambda fan_in, conv: (math.sqrt(2 / fan_in) if conv
                                        else math.sqrt(1 / (3 * fan_in))),
     "torch_default": lambda fan_in, conv: math.sqrt(1 / (3 * fan_in)),
+    "mxnet_xavier": lambda fan_in, conv: math.sqrt(2 / fan_in),
 }
+UNIFORM = {"he_normal": ("classifier",), "torch_default": ("conv", "classifier"),
+           "mxnet_xavier": ()}
 
 
 @pytest.mark.parametrize("init", sorted(EXPECTED_INIT))
@@ -416,11 +421,11 @@ def test_initialisation_gives_each_layer_its_standard_deviation(init, arg):
         tol = 5 / math.sqrt(2 * w.size) + 0.01           # ~5 sigma of a sample std
         assert abs(w.std() / expected - 1) < tol, (name, w.shape, w.std(), expected)
         assert abs(w.mean()) < 6 * expected / math.sqrt(w.size), name
-        if init == "torch_default" or not conv:           # uniform: bounded by sqrt(3)·std
+        if ("conv" if conv else "classifier") in UNIFORM[init]:  # bounded by sqrt(3)·std
             assert np.abs(w).max() <= math.sqrt(1 / fan_in) * (1 + 1e-6), name
     bias = np.asarray(params["classifier"]["bias"])
     fan_in = params["classifier"]["kernel"].shape[0]
-    if init == "he_normal":
+    if init != "torch_default":
         assert not bias.any()
     else:
         assert bias.any() and np.abs(bias).max() <= math.sqrt(1 / fan_in)

@@ -4,6 +4,7 @@ A model config is flat: `name` plus the constructor's keyword arguments, e.g.
   {"name": "cifar_igc", "depth": 20, "L": 24, "M": 2, "residual": False}
   {"name": "imagenet_igc_resnet18", "stem_width": 100, "widths": (200, 400, 800, 1600),
    "L": (100, 200, 400, 800)}
+  {"name": "igcv3", "width": 0.5}
 Every constructor checks its arguments and raises a one-line ValueError (the command line's
 `igc_jax.training.validate` turns it into the user's one-line error), so
 `validate_model_config` is "known name, known fields, constructor accepts them", with nothing
@@ -21,7 +22,7 @@ from igc_jax.configs.networks import (IMAGENET_NETWORKS, cifar_model, imagenet_m
                                       network_name)
 from igc_jax.igc.layers import check_mode
 from igc_jax.igc.select import ModePlan
-from igc_jax.models import cifar, imagenet
+from igc_jax.models import cifar, igcv3, imagenet
 from igc_jax.models.blocks import Compute
 
 __all__ = ["IMAGENET_NETWORKS", "MODELS", "build_model", "cifar_model", "imagenet_model",
@@ -32,6 +33,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "cifar_igc": cifar.igc,
     "imagenet_resnet18": imagenet.resnet18,
     "imagenet_igc_resnet18": imagenet.igc_resnet18,
+    "igcv3": igcv3.igcv3,
 }
 
 # Arguments every constructor takes from `build_model`, not from the model config.

@@ -39,10 +39,13 @@ BN_EPSILON = 2e-5
 uniform_fan_in = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 classifier_init = uniform_fan_in
 
-# `model.init`: how the conv kernels and the classifier start (BatchNorm: scale 1, bias 0 in both).
-#   he_normal      the official code: convs N(0, 2 / fan_in), classifier ±sqrt(1/fan_in), bias 0
+# `model.init`: how the conv kernels and the classifier start (BatchNorm: scale 1, bias 0 in all).
+#   he_normal      the official IGCV1 code: convs N(0, 2 / fan_in), classifier ±sqrt(1/fan_in),
+#                  bias 0
 #   torch_default  torch.nn's defaults: convs and classifier ±sqrt(1/fan_in), bias ±sqrt(1/fan_in)
-INITS = ("he_normal", "torch_default")
+#   mxnet_xavier   the official IGCV3 code, MXNet's Xavier(rnd_type="gaussian", factor_type="in",
+#                  magnitude=2) on every weight: convs and classifier N(0, 2 / fan_in), bias 0
+INITS = ("he_normal", "torch_default", "mxnet_xavier")
 
 
 def check_init(init: str) -> None:
@@ -53,12 +56,17 @@ def check_init(init: str) -> None:
 
 def conv_init(init: str) -> Callable:
     """The kernel initialiser of every conv (regular, grouped, IGC primary and secondary)."""
-    return he_normal if init == "he_normal" else uniform_fan_in
+    return uniform_fan_in if init == "torch_default" else he_normal
+
+
+def classifier_kernel_init(init: str) -> Callable:
+    """MXNet Xavier's N(0, 2 / fan_in) (IGCV3), else uniform ±sqrt(1/fan_in) (IGCV1, torch)."""
+    return he_normal if init == "mxnet_xavier" else classifier_init
 
 
 def classifier_bias_init(init: str, fan_in: int) -> Callable:
     """Zero (MXNet) or torch.nn.Linear's uniform ±1/sqrt(fan_in)."""
-    if init == "he_normal":
+    if init != "torch_default":
         return nn.initializers.zeros
     bound = 1.0 / fan_in ** 0.5
     return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
@@ -92,9 +100,10 @@ def igc(x, features: int, strides: int, *, L: int, M: int, sum_fusion: bool, com
 
 
 def batch_norm(x, *, momentum: float, train: bool, name: str, compute: Compute,
-               dtype: Any = jnp.float32):
-    """MXNet BatchNorm(fix_gamma=False, eps=2e-5); statistics are reduced in float32."""
-    return BatchNorm(use_running_average=not train, momentum=momentum, epsilon=BN_EPSILON,
+               dtype: Any = jnp.float32, epsilon: float = BN_EPSILON):
+    """MXNet BatchNorm(fix_gamma=False, eps=2e-5 unless given); statistics are reduced in
+    float32."""
+    return BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,
                      axis_name=compute.bn_axis, dtype=dtype, name=name)(x)
 
 
@@ -121,7 +130,7 @@ def residual_unit(x, *, name: str, features: int, strides: int, layer: Layer, pr
 def classifier(x, num_classes: int, init: str = "he_normal"):
     """Global average pool → dense with bias, in float32 whatever the compute dtype."""
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    return nn.Dense(num_classes, kernel_init=classifier_init,
+    return nn.Dense(num_classes, kernel_init=classifier_kernel_init(init),
                     bias_init=classifier_bias_init(init, x.shape[-1]), dtype=jnp.float32,
                     name="classifier")(x)
 
