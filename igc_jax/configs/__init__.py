@@ -74,6 +74,52 @@ def imagenet_recipe(network: str) -> ml_collections.ConfigDict:
     return c
 
 
+def igcv3_recipe(dataset: str, width: float = 1.0) -> ml_collections.ConfigDict:
+    """IGCV3's official training setup (spec §7) for IGCV3-D at `width`, on `imagenet2012` or
+    `cifar10`.
+
+    The authors' train_imagenet.py: SGD with momentum 0.9 (not Nesterov), L2 4e-5, batch 96 (the
+    whole batch, which MXNet splits over its GPUs), lr 0.045 ×0.98 every epoch for 480 epochs,
+    MXNet's Xavier initialisation (gaussian, fan-in, magnitude 2), mean subtraction only; on
+    ImageNet their augmentation (scale 0.533–1 of a 480 short side, flip, HSL jitter) and the
+    256-short-side centre-224 evaluation, in bfloat16. They released no CIFAR code: `cifar10`
+    trains the same network (the builder's only table) on 32×32 images with the same optimiser,
+    schedule, initialisation and mean-only normalisation, and the pad-4 crop + flip augmentation.
+    """
+    c = base_config()
+    c.model = ml_collections.ConfigDict(dict(name="igcv3", width=float(width),
+                                             init="mxnet_xavier"))
+    if dataset == "imagenet2012":
+        c.dataset.update(name="imagenet2012", num_classes=1000, image_size=224,
+                         normalization="imagenet_igcv3_mxnet", augment="imagenet_mxnet_igcv3",
+                         num_workers=-1)
+        c.update(eval_batch_size=400, dtype="bfloat16")
+    elif dataset == "cifar10":
+        c.dataset.update(name="cifar10", num_classes=10, image_size=32,
+                         normalization="cifar10_mean_only", augment="cifar")
+        c.update(eval_batch_size=400, dtype="float32")
+    else:
+        raise UserError(f"no IGCV3 recipe for {dataset!r}; choose from imagenet2012, cifar10")
+    c.update(batch_size=96, num_epochs=480.0, learning_rate=0.045, momentum=0.9, nesterov=False,
+             weight_decay=4e-5, lr_schedule="exponential", lr_decay_per_epoch=0.98)
+    return c
+
+
+def width_argument(path: str, arg: str | None, widths: tuple[float, ...]) -> float:
+    """An experiment file's `:<width>` argument (default the first of `widths`), one of
+    `widths`; anything else is a one-line error naming them."""
+    if not arg:
+        return widths[0]
+    try:
+        width = float(arg)
+    except ValueError:
+        width = None
+    if width not in widths:
+        raise UserError(f"{path} takes a width, one of {', '.join(map(str, widths))}; got "
+                        f"{arg!r}")
+    return width
+
+
 def no_argument(path: str, arg: str | None) -> None:
     """Experiment files that take no `:arg` refuse one with a one-line error."""
     if arg:

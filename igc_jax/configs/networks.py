@@ -1,4 +1,4 @@
-"""The paper's networks by name (spec §2, §3): network strings and names ↔ model configs.
+"""The papers' networks by name (spec §2, §3, §7): network strings and names ↔ model configs.
 
 Pure Python, so experiment files and `igc_jax.configs` load without JAX; `igc_jax.models` builds
 the modules from what these return.
@@ -22,6 +22,8 @@ IMAGENET_NETWORKS: dict[str, dict[str, Any]] = {
                               widths=(256, 512, 1024, 2048), L=(16, 16, 16, 16)),
     "IGC-L100M2+Ident.": dict(name="imagenet_igc_resnet18", stem_width=100,
                               widths=(200, 400, 800, 1600), L=(100, 200, 400, 800)),
+    # Spec §7: IGCV3-D at the four widths pytorchcv publishes (igcv3_w1, _w3d4, _wd2, _wd4).
+    **{f"IGCV3-D {w}": dict(name="igcv3", width=w) for w in (1.0, 0.75, 0.5, 0.25)},
 }
 
 
@@ -32,6 +34,10 @@ IMAGENET_EXPERIMENTS: dict[str, str] = {
     "IGC-L4M32+Ident.": "experiments/imagenet_l4m32.py",
     "IGC-L16M16+Ident.": "experiments/imagenet_l16m16.py",
     "IGC-L100M2+Ident.": "experiments/imagenet_l100m2.py",
+    "IGCV3-D 1.0": "experiments/imagenet_igcv3.py",
+    "IGCV3-D 0.75": "experiments/imagenet_igcv3.py:0.75",
+    "IGCV3-D 0.5": "experiments/imagenet_igcv3.py:0.5",
+    "IGCV3-D 0.25": "experiments/imagenet_igcv3.py:0.25",
 }
 
 
@@ -95,6 +101,9 @@ def network_name(model_cfg: Mapping[str, Any]) -> str:
     for paper_name, fields in IMAGENET_NETWORKS.items():
         if _same_fields(network, fields):
             return paper_name
+    if name == "igcv3":
+        quirk = ", builder's width quirk" if model_cfg.get("width_quirk") else ""
+        return f"IGCV3-D {float(model_cfg.get('width', 1.0))}{quirk}"
     if name == "cifar_regconv":
         base = f"RegConv-W{model_cfg['width']}"
     elif name == "cifar_igc":

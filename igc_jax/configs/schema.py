@@ -20,7 +20,7 @@ from typing import Any, Mapping, Union
 
 from igc_jax.errors import UserError
 
-LR_SCHEDULES = ("cifar", "imagenet", "constant")
+LR_SCHEDULES = ("cifar", "imagenet", "exponential", "constant")
 DTYPES = ("float32", "bfloat16")
 BATCH_NORMS = ("global", "per_device")
 _STEPS_RANGE = re.compile(r"^(\d+):(\d+)$")
@@ -176,7 +176,9 @@ FIELDS: tuple[Field, ...] = (
           "parameter (spec §4)"),
     Field("lr_schedule", "cifar", Choice(LR_SCHEDULES),
           "`cifar`: ×0.1 at 1/2, 3/4, 7/8 of training; `imagenet`: ×0.1 every 30 epochs; "
-          "`constant`"),
+          "`exponential`: ×`lr_decay_per_epoch` at every epoch boundary (IGCV3); `constant`"),
+    Field("lr_decay_per_epoch", 0.98, Number(0.0, 1.0, open_low=True),
+          "the `exponential` schedule's factor per epoch (IGCV3's official 0.98)"),
     Field("warmup_epochs", 0.0, Number(0.0), "linear warmup before the schedule"),
     Field("dtype", "float32", Choice(DTYPES),
           "compute dtype (parameters, BatchNorm statistics and logits stay float32)"),
@@ -223,6 +225,7 @@ def reference(vocabularies: Mapping[str, tuple[str, ...]] = {}) -> str:
     rows.append("| `model.*` | | the network constructor's keyword arguments "
                 "(`model.name` picks it from `igc_jax.models.MODELS`; `python -m igc_jax.summary "
                 "--config=<file>` shows a network's layers) | the network; `model.init`: "
-                "`he_normal` (official: convs N(0, 2/fan_in)) or `torch_default` (torch.nn's "
-                "uniform ±sqrt(1/fan_in) kernels and classifier bias) |")
+                "`he_normal` (official IGCV1: convs N(0, 2/fan_in)), `torch_default` (torch.nn's "
+                "uniform ±sqrt(1/fan_in) kernels and classifier bias) or `mxnet_xavier` "
+                "(official IGCV3: convs and classifier N(0, 2/fan_in)) |")
     return "\n".join(rows) + "\n"
