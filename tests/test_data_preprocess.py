@@ -177,9 +177,10 @@ def test_train_transform_of_a_constant_image_without_padding():
 
 
 def test_the_registry_names_every_recipe_once():
-    assert AUGMENTATIONS == ("cifar", "cifar_zero_pad", "imagenet_mxnet", "imagenet_inception",
-                             "none")
-    assert IMAGENET_AUGMENTATIONS == ("imagenet_mxnet", "imagenet_inception")
+    assert AUGMENTATIONS == ("cifar", "cifar_zero_pad", "imagenet_mxnet", "imagenet_mxnet_igcv3",
+                             "imagenet_inception", "none")
+    assert IMAGENET_AUGMENTATIONS == ("imagenet_mxnet", "imagenet_mxnet_igcv3",
+                                      "imagenet_inception")
 
 
 @pytest.mark.parametrize("augment", AUGMENTATIONS)
@@ -328,3 +329,41 @@ def test_mxnet_preprocessing_uses_the_authors_constants_and_eval_crop():
     u = _mxnet_u(3)
     first, second = prep.train(images, u), prep.train(images, u)
     assert first.shape == (3, 224, 224, 3) and np.array_equal(first, second)
+
+
+# IGCV3's train_imagenet.py (spec §7), stated independently: the same scale range and HSL jitter,
+# augmentation level 2 (no aspect-ratio jitter), fill value 127, mean subtraction only.
+
+def test_igcv3_crop_has_no_aspect_jitter_and_fills_127():
+    rng = np.random.default_rng(1)
+    scales = []
+    for u in _mxnet_u(500, seed=3):
+        h, w = (int(v) for v in rng.integers(100, 900, 2))
+        _, _, bh, bw = mxnet.mxnet_crop_box(h, w, u, 224, mxnet.IGCV3_MAX_ASPECT,
+                                            mxnet.IGCV3_MIN_IMG_SIZE)
+        assert abs(bh / bw - 1) < 1e-12                     # square boxes: aspect 1 always
+        scales.append(224 / (bw * 480 / min(h, w)))         # stored image → crop
+    assert 0.533 - 1e-9 <= min(scales) < 0.54 and 0.99 < max(scales) <= 1 + 1e-9
+    # 480×640 at s = 0.533: the image is 255.8 px tall; with no 256 px minimum canvas nothing is
+    # filled, and a crop at offset (0, 0) lies on the image.
+    u = _mxnet_u(1)[0].copy()
+    u[0], u[U_POS], u[U_POS + 1], u[U_FLIP] = 0.0, 0.0, 0.0, 0.9
+    args = (224, 3, mxnet.IGCV3_MAX_ASPECT, mxnet.IGCV3_FILL, mxnet.IGCV3_MIN_IMG_SIZE)
+    assert np.all(mxnet.mxnet_train_crop(np.full((480, 640, 3), (200, 50, 10), np.uint8), u,
+                                         *args) == (200, 50, 10))
+    top, left, bh, bw = mxnet.mxnet_crop_box(480, 640, u, 224, 0.0, 0)
+    assert top >= 0 and left >= 0
+    assert mxnet.IGCV3_FILL == (127, 127, 127)
+
+
+def test_igcv3_normalisation_subtracts_the_mean_only():
+    assert NORMALIZATION["imagenet_igcv3_mxnet"] == ((123.68, 116.779, 103.939), (1.0, 1.0, 1.0))
+    assert NORMALIZATION["cifar10_mean_only"][0] == NORMALIZATION["cifar10"][0]
+    x = np.full((1, 2, 2, 3), 200, np.uint8)
+    np.testing.assert_allclose(normalize(x, "imagenet_igcv3_mxnet")[0, 0, 0],
+                               200 - np.asarray((123.68, 116.779, 103.939)), rtol=1e-6)
+    prep = Preprocessing("imagenet_mxnet_igcv3", "imagenet_igcv3_mxnet", 224)
+    images = [np.random.default_rng(2).integers(0, 256, (300, 400, 3), dtype=np.uint8)]
+    expected = normalize(np.stack([imagenet.imagenet_eval_crop(images[0], 224)]),
+                         "imagenet_igcv3_mxnet")
+    np.testing.assert_array_equal(prep.eval(images), expected)

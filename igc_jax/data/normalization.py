@@ -27,6 +27,10 @@ NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     # The authors' train_imagenet.py default, for their released MXNet weights
     # (igc_jax.convert_mxnet).
     "imagenet_igc_mxnet": ((123.370, 112.757, 99.406), (68.998, 66.093, 68.292)),
+    # Mean subtraction only (std 1): the IGCV3 authors' common/data.py default `--rgb-mean`, and
+    # CIFAR-10's mean for the CIFAR IGCV3 config (spec §7).
+    "imagenet_igcv3_mxnet": ((123.68, 116.779, 103.939), (1.0, 1.0, 1.0)),
+    "cifar10_mean_only": ((125.307, 122.950, 113.865), (1.0, 1.0, 1.0)),
 }
 
 

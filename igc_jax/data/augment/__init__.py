@@ -37,12 +37,14 @@ def _as_stored(images: np.ndarray, u: np.ndarray, size: int, channels: int, norm
 
 
 # "cifar" pads with the mean colour (official code), "cifar_zero_pad" with black; "imagenet_mxnet"
-# is the authors' ImageNet augmentation (MXNet scale/aspect/HSL), "imagenet_inception" the
-# random-area crop + colour jitter; "none" no augmentation.
+# is the IGCV1 authors' ImageNet augmentation (MXNet scale/aspect/HSL), "imagenet_mxnet_igcv3" the
+# IGCV3 authors' (scale/HSL, no aspect jitter, fill 127), "imagenet_inception" the random-area
+# crop + colour jitter; "none" no augmentation.
 RECIPES: dict[str, Recipe] = {
     "cifar": Recipe(cifar.train_mean_pad),
     "cifar_zero_pad": Recipe(cifar.train_zero_pad),
     "imagenet_mxnet": Recipe(mxnet.train, imagenet=True),
+    "imagenet_mxnet_igcv3": Recipe(mxnet.train_igcv3, imagenet=True),
     "imagenet_inception": Recipe(inception.train, imagenet=True),
     "none": Recipe(_as_stored),
 }

@@ -1,7 +1,9 @@
-"""The authors' ImageNet recipe, "imagenet_mxnet": MXNet's ImageRecordIter as their
-train_imagenet.py drives it, one affine resample per crop (the scale/aspect resize and the canvas
-crop composed), a random flip, then OpenCV's own 8-bit HLS conversion for the colour jitter (the
-authors' library call).
+"""The authors' ImageNet recipes: MXNet's ImageRecordIter as their train_imagenet.py drives it,
+one affine resample per crop (the scale/aspect resize and the canvas crop composed), a random
+flip, then OpenCV's own 8-bit HLS conversion for the colour jitter (the authors' library call).
+"imagenet_mxnet" is IGCV1's (spec §4), "imagenet_mxnet_igcv3" IGCV3's (spec §7): the same scale
+range and HSL jitter, no aspect-ratio jitter (`set_data_aug_level(2)`), fill value 127 and no
+minimum canvas size.
 """
 from __future__ import annotations
 
@@ -28,10 +30,16 @@ MXNET_MIN_IMG_SIZE = 256
 MXNET_MAX_ASPECT = 0.25
 MXNET_HSL = (36, 50, 50)            # random_h, random_s, random_l
 MXNET_FILL = (123, 113, 99)         # fill_value_r/g/b
+# IGCV3's train_imagenet.py (common/data.py): data-augmentation level 2 (max_random_aspect_ratio 0),
+# `fill_value=127`, min_img_size left at ImageRecordIter's default 0.
+IGCV3_MAX_ASPECT = 0.0
+IGCV3_FILL = (127, 127, 127)
+IGCV3_MIN_IMG_SIZE = 0
 
 
-def mxnet_crop_box(height: int, width: int, u: np.ndarray,
-                   size: int) -> tuple[float, float, float, float]:
+def mxnet_crop_box(height: int, width: int, u: np.ndarray, size: int,
+                   max_aspect: float = MXNET_MAX_ASPECT,
+                   min_img_size: int = MXNET_MIN_IMG_SIZE) -> tuple[float, float, float, float]:
     """(top, left, box_h, box_w) in the original image of the MXNet size×size training crop.
 
     The 480 short-side storage and the random scale/aspect resize compose into one scale per
@@ -41,26 +49,30 @@ def mxnet_crop_box(height: int, width: int, u: np.ndarray,
     f = MXNET_STORED_SHORT_SIDE / min(height, width)
     rows, cols = height * f, width * f
     s = MXNET_SCALE[0] + u[0] * (MXNET_SCALE[1] - MXNET_SCALE[0])
-    r = 1.0 + MXNET_MAX_ASPECT * (2.0 * u[1] - 1.0)
+    r = 1.0 + max_aspect * (2.0 * u[1] - 1.0)
     hs = 2.0 * s / (1.0 + r)
     ws = r * hs
-    canvas_w, canvas_h = max(MXNET_MIN_IMG_SIZE, s * cols), max(MXNET_MIN_IMG_SIZE, s * rows)
+    canvas_w, canvas_h = max(min_img_size, s * cols), max(min_img_size, s * rows)
     tx, ty = (canvas_w - hs * cols) / 2, (canvas_h - ws * rows) / 2
     y0 = math.floor(u[U_POS] * (int(canvas_h) - size + 1))
     x0 = math.floor(u[U_POS + 1] * (int(canvas_w) - size + 1))
     return (y0 - ty) / (ws * f), (x0 - tx) / (hs * f), size / (ws * f), size / (hs * f)
 
 
-def mxnet_train_crop(image: Encoded, u: np.ndarray, size: int, channels: int = 3) -> np.ndarray:
+def mxnet_train_crop(image: Encoded, u: np.ndarray, size: int, channels: int = 3,
+                     max_aspect: float = MXNET_MAX_ASPECT,
+                     fill_rgb: tuple[int, int, int] = MXNET_FILL,
+                     min_img_size: int = MXNET_MIN_IMG_SIZE) -> np.ndarray:
     """uint8 H×W×C (or its encoded file) → the MXNet training crop, size×size, maybe flipped.
 
     One bilinear affine resample of `mxnet_crop_box` (no antialiasing, as OpenCV's warpAffine),
-    MXNET_FILL outside the image; an encoded image is decoded at the largest DCT reduction that
+    `fill_rgb` outside the image; an encoded image is decoded at the largest DCT reduction that
     keeps the box at least size×size.
     """
     pixels, (top, left, bh, bw) = crop_source(
-        image, lambda h, w: mxnet_crop_box(h, w, u, size), size, channels, padded=True)
-    fill = MXNET_FILL if channels == 3 else round(float(np.mean(MXNET_FILL)))
+        image, lambda h, w: mxnet_crop_box(h, w, u, size, max_aspect, min_img_size), size,
+        channels, padded=True)
+    fill = fill_rgb if channels == 3 else round(float(np.mean(fill_rgb)))
     out = to_pil(pixels).transform(
         (size, size), Image.AFFINE, (bw / size, 0.0, left, 0.0, bh / size, top),
         resample=Image.BILINEAR, fillcolor=fill)
@@ -97,9 +109,20 @@ def _hls_offset_table(dh: int, dl: int, ds: int) -> np.ndarray:
 
 
 def train(images: list, u: np.ndarray, size: int, channels: int, normalization: str,
-          jitter: float) -> np.ndarray:
+          jitter: float, max_aspect: float = MXNET_MAX_ASPECT,
+          fill_rgb: tuple[int, int, int] = MXNET_FILL,
+          min_img_size: int = MXNET_MIN_IMG_SIZE) -> np.ndarray:
     """Recipe "imagenet_mxnet": the crops, the HSL jitter (3 channels; its strength is MXNET_HSL,
     `jitter` does not apply), the normalisation."""
-    crops = np.stack([mxnet_train_crop(im, ui, size, channels) for im, ui in zip(images, u)])
+    crops = np.stack([mxnet_train_crop(im, ui, size, channels, max_aspect, fill_rgb, min_img_size)
+                      for im, ui in zip(images, u)])
     x = mxnet_hsl_jitter(crops, u) if crops.shape[-1] == 3 else crops
     return normalize(x, normalization)
+
+
+def train_igcv3(images: list, u: np.ndarray, size: int, channels: int, normalization: str,
+                jitter: float) -> np.ndarray:
+    """Recipe "imagenet_mxnet_igcv3": `train` with IGCV3's parameters (no aspect jitter, fill
+    127, no minimum canvas)."""
+    return train(images, u, size, channels, normalization, jitter, IGCV3_MAX_ASPECT, IGCV3_FILL,
+                 IGCV3_MIN_IMG_SIZE)
