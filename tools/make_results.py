@@ -23,7 +23,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 RESULTS_DOC = ROOT / "docs" / "results.md"
 REL = "../benchmarks/results"          # docs/results.md → benchmarks/results
 # Files written while a benchmark runs (benchmarks/tpu_compile.py): linked, never read here.
-LINKED_ONLY_PREFIX = "tpu_compile"
+# Written as their scripts go (hours of compiles): linked, not read, so the doc stays current.
+LINKED_ONLY_PREFIX = ("tpu_compile", "tpu_layer_modes")
 # Computation modes that some results files still have a column for but igc-jax no longer has.
 RETIRED_MODES = frozenset({"shift"})
 
@@ -404,6 +405,24 @@ def fault_injection_env(d: dict) -> Lines:
     return out
 
 
+def autotune_cpu(d: dict) -> Lines:
+    out = ["## conv_mode=autotune on this CPU", ""]
+    out += source("autotune_cpu.json", "python -m benchmarks.autotune")
+    out += [f"The tuner's choice per layer shape against an independent timing of every candidate "
+            f"in the same run ({d['machine']}, jax {d['jax']}): the independent time of the "
+            "choice over the independently fastest mode (bound 1.3×), and the start-up the "
+            "tuning costs.", ""]
+    rows = []
+    for net in d["networks"]:
+        worst = max(r["ratio"] for r in net["layers"])
+        chosen = ", ".join(sorted({r["choice"] for r in net["layers"]}))
+        rows.append((net["network"], len(net["layers"]), chosen, f"{worst:.2f}",
+                     f"{net['startup_first_s']:.1f}", f"{net['startup_cached_s']:.2f}"))
+    out += table(("network", "distinct layer shapes", "modes chosen", "worst ratio",
+                  "start-up s, empty cache", "start-up s, cached"), rows)
+    return out
+
+
 FORMATTERS: dict[str, Callable[[dict], Lines]] = {
     "quickstart.json": quickstart,
     "cifar_reference.json": cifar_reference,
@@ -422,6 +441,7 @@ FORMATTERS: dict[str, Callable[[dict], Lines]] = {
     "mxnet_equivalence.json": mxnet_equivalence,
     "fault_injection.json": fault_injection,
     "fault_injection_env.json": fault_injection_env,
+    "autotune_cpu.json": autotune_cpu,
 }
 
 
@@ -448,7 +468,11 @@ def tpu_compile() -> Lines:
             f"[`benchmarks/results/tpu_compile.md`]({REL}/tpu_compile.md), written by "
             "`python -m benchmarks.tpu_compile` as it goes (every experiment config compiled for "
             "its slices, with largest-batch searches), holds what is measured so far; "
-            "[docs/tpu.md](tpu.md) says how to compile a config for a slice yourself."]
+            "[docs/tpu.md](tpu.md) says how to compile a config for a slice yourself.", "",
+            "**Estimates, not measurements:** the TPU compiler's cost model per IGC mode for the "
+            f"paper's layer shapes, [`benchmarks/results/tpu_layer_modes.md`]({REL}/"
+            "tpu_layer_modes.md) (`python -m benchmarks.tpu_layer_modes`); on a TPU, "
+            "`conv_mode=auto` measures instead."]
 
 
 def results_doc() -> str:

@@ -176,7 +176,8 @@ def _seconds(step: Callable, args: tuple) -> float:
 def time_modes(names: Iterable[str], shape: LayerShape, args: tuple) -> dict[str, float]:
     """Median milliseconds of one call of the layer's forward + backward in each mode.
 
-    Each candidate, in order, is compiled and warmed up by one timed call; one whose warm-up
+    Each candidate, in order, is compiled (ahead of time: no call is spent on it) and warmed up
+    by one timed call; one whose warm-up
     took SLOWER times the fastest warm-up so far is out, its warm-up its time (on the CPU XLA's
     grouped convolution takes seconds where `native` takes milliseconds). The others then take
     their timed calls in interleaved rounds, so that load from other jobs hits them alike: up to
@@ -184,8 +185,7 @@ def time_modes(names: Iterable[str], shape: LayerShape, args: tuple) -> dict[str
     racing: dict[str, Callable] = {}
     warm: dict[str, float] = {}
     for m in names:
-        step = _layer_step(m, shape)
-        jax.block_until_ready(step(*args))  # compiles
+        step = _layer_step(m, shape).lower(*args).compile()  # compiled without running
         warm[m] = _seconds(step, args)
         if warm[m] <= SLOWER * min(warm.values()):
             racing[m] = step
