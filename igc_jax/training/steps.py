@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
@@ -53,15 +54,27 @@ class TrainState:
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
                            num_steps: int) -> optax.Schedule:
     """Step schedule of spec §4 in steps: ×0.1 at 1/2, 3/4, 7/8 (cifar) or every 30 epochs
-    (imagenet)."""
+    (imagenet); or IGCV3's ×lr_decay_per_epoch at every epoch boundary (exponential, as the
+    authors' MXNet MultiFactorScheduler stepping once per epoch); after the warmup, if any."""
     lr = config.learning_rate
+    warmup = max(int(config.warmup_epochs * steps_per_epoch), 0)
+    if config.lr_schedule == "exponential":
+        # Each epoch's rate in float64, then float32 (a float32 power drifts by 1e-5 over 480
+        # epochs); the count restarts after the warmup, the epoch is the absolute one.
+        epochs = -(-num_steps // steps_per_epoch)
+        rates = jnp.asarray(lr * config.lr_decay_per_epoch ** np.arange(epochs + 1), jnp.float32)
+
+        def schedule(count):
+            return rates[jnp.minimum((count + warmup) // steps_per_epoch, epochs)]
+        if warmup == 0:
+            return schedule
+        return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), schedule], [warmup])
     if config.lr_schedule == "cifar":
         boundaries = [int(num_steps * f) for f in (1 / 2, 3 / 4, 7 / 8)]
     elif config.lr_schedule == "imagenet":
         boundaries = list(range(30 * steps_per_epoch, num_steps, 30 * steps_per_epoch))
     else:
         boundaries = []
-    warmup = max(int(config.warmup_epochs * steps_per_epoch), 0)
     # join_schedules restarts the count at the warmup's end: shift so decays stay at absolute steps.
     schedule = optax.piecewise_constant_schedule(
         lr, {b - warmup: 0.1 for b in boundaries if b > warmup})
