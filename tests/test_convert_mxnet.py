@@ -25,6 +25,7 @@ from igc_jax.mxnet import infer as mxnet_infer
 from igc_jax.mxnet import saved as mxnet_saved
 from igc_jax.mxnet import symbol as mxnet_symbol
 from igc_jax.data import NORMALIZATION
+from igc_jax.errors import UserError
 from igc_jax.igc.layers import IGCConv, same_padding
 from igc_jax.models.norm import BatchNorm
 
@@ -262,6 +263,209 @@ def test_released_symbols_convert_every_array():
         variables, converted = convert_mxnet.convert_model(symbol, arrays)
         size = sum(a.size for a in jax.tree.leaves(variables["params"]))
         assert size == symbol_layers(symbol)[3], stem
+
+
+# ---------------------------------------------------------------- IGCV3's released symbol
+IGCV3_SYMBOL = OFFICIAL / "igcv3" / "igcv3-symbol.json"
+needs_igcv3 = pytest.mark.skipif(not IGCV3_SYMBOL.is_file(), reason=f"{IGCV3_SYMBOL} is absent")
+
+
+def _random_arrays(symbol: dict, seed: int = 0) -> dict[str, np.ndarray]:
+    """One array per parameter node of the symbol (`arg:` weights, `aux:` BatchNorm moving
+    statistics), shaped as the parsed graph implies: N(0, 2/fan_in) kernels, γ ≈ 1, β ≈ 0."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for layer in mxnet_symbol.parse_symbol(symbol).layers():
+        if isinstance(layer, mxnet_symbol.Conv):
+            fan_in = np.prod(layer.weight_shape[1:])
+            arrays[f"arg:{layer.weight}"] = rng.normal(0, np.sqrt(2 / fan_in), layer.weight_shape)
+        elif isinstance(layer, mxnet_symbol.BatchNorm):
+            c = layer.channels
+            arrays.update({f"arg:{layer.gamma}": rng.uniform(0.5, 1.5, c),
+                           f"arg:{layer.beta}": rng.normal(0, 0.1, c),
+                           f"aux:{layer.mean}": rng.normal(0, 0.1, c),
+                           f"aux:{layer.var}": rng.uniform(0.5, 1.5, c)})
+        else:
+            arrays[f"arg:{layer.weight}"] = rng.normal(0, np.sqrt(1 / layer.c_in),
+                                                       (layer.c_out, layer.c_in))
+            arrays[f"arg:{layer.bias}"] = rng.normal(0, 0.1, layer.c_out)
+    return {k: v.astype(np.float32) for k, v in arrays.items()}
+
+
+def _mxnet_reshape(shape: tuple[int, ...], codes: tuple[int, ...]) -> tuple[int, ...]:
+    """MXNet's Reshape codes, as its documentation defines them: 0 copies an input dimension, -1
+    is inferred, -2 copies all remaining ones, -3 merges two, -4 splits one into the next two
+    codes (one may be -1)."""
+    out, i, k = [], 0, 0
+    while k < len(codes):
+        c = codes[k]
+        if c == 0:
+            out.append(shape[i])
+            i += 1
+        elif c == -2:
+            out.extend(shape[i:])
+            i = len(shape)
+        elif c == -3:
+            out.append(shape[i] * shape[i + 1])
+            i += 2
+        elif c == -4:
+            a, b = codes[k + 1], codes[k + 2]
+            a, b = (shape[i] // b, b) if a == -1 else (a, shape[i] // a if b == -1 else b)
+            out.extend([a, b])
+            i += 1
+            k += 2
+        else:
+            out.append(c)
+            i += 1
+        k += 1
+    if -1 in out:
+        known = int(np.prod([d for d in out if d != -1]))
+        out[out.index(-1)] = int(np.prod(shape)) // known
+    return tuple(out)
+
+
+def _attrs(node: dict) -> dict:
+    """A node's attributes: `attrs`, or `attr` / `param` in older MXNet JSON (the released IGCV3
+    file has both)."""
+    return node.get("attrs", node.get("attr", node.get("param", {}))) or {}
+
+
+def _run_symbol(symbol: dict, arrays: dict[str, np.ndarray], x: np.ndarray,
+                train: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The symbol's graph evaluated node by node with float64 PyTorch ops (NCHW), each op as MXNet
+    documents it; nothing of igc-jax. BatchNorm uses the moving statistics (inference), or with
+    `train` the batch's, which it also returns under the moving statistics' `aux:` names."""
+    import torch
+    import torch.nn.functional as F
+    ints = mxnet_symbol._ints
+    vals: list = []
+    batch_stats: dict[str, np.ndarray] = {}
+    for node in symbol["nodes"]:
+        op, a = node["op"], _attrs(node)
+        ins = [vals[i[0]] for i in node["inputs"]]
+        if op == "null":
+            name = node["name"]
+            out = (torch.from_numpy(x.transpose(0, 3, 1, 2).copy()) if name == "data" else
+                   torch.from_numpy(arrays.get(f"arg:{name}", arrays.get(f"aux:{name}",
+                                                                         np.zeros(1)))).double())
+            out = out.double()
+        elif op == "Convolution":
+            out = F.conv2d(ins[0], ins[1], stride=ints(a["stride"]), padding=ints(a["pad"]),
+                           groups=int(a["num_group"]))
+        elif op == "BatchNorm":
+            mean, var = ins[3], ins[4]
+            if train:
+                mean, var = ins[0].mean(dim=(0, 2, 3)), ins[0].var(dim=(0, 2, 3), unbiased=False)
+                names = [symbol["nodes"][i[0]]["name"] for i in node["inputs"][3:5]]
+                batch_stats.update({f"aux:{names[0]}": mean.numpy(),
+                                    f"aux:{names[1]}": var.numpy()})
+            out = F.batch_norm(ins[0], mean, var, ins[1], ins[2], training=False,
+                               eps=float(a["eps"]))
+        elif op == "clip":
+            out = ins[0].clamp(float(a["a_min"]), float(a["a_max"]))
+        elif op == "Reshape":
+            out = ins[0].reshape(_mxnet_reshape(tuple(ins[0].shape), ints(a["shape"])))
+        elif op == "SwapAxis":
+            out = ins[0].transpose(int(a["dim1"]), int(a["dim2"]))
+        elif op == "elemwise_add":
+            out = ins[0] + ins[1]
+        elif op == "Pooling":
+            assert a["pool_type"] == "avg" and a["global_pool"] == "True"
+            out = ins[0].mean(dim=(2, 3), keepdim=True)
+        elif op == "Flatten":
+            out = ins[0].flatten(1)
+        elif op == "FullyConnected":
+            out = F.linear(ins[0], ins[1], ins[2])
+        elif op == "SoftmaxOutput":
+            out = ins[0]                       # the logits
+        else:
+            raise AssertionError(f"no rule for op {op}")
+        vals.append(out)
+    return vals[symbol["heads"][0][0]].numpy(), batch_stats
+
+
+@needs_igcv3
+def test_igcv3_symbol_is_igcv3_d_1_0_with_every_array_mapped_once():
+    """The released IGCV3 graph parses into 32 blocks and converts to `igcv3` at width 1.0 (its
+    experiment file); its 492 parameter nodes (296 arguments, 196 BatchNorm moving statistics)
+    fill igc-jax's 492 variables one to one, 3,491,688 trainable values."""
+    symbol = json.loads(IGCV3_SYMBOL.read_text())
+    network = mxnet_symbol.parse_symbol(symbol)
+    assert isinstance(network, mxnet_symbol.InvertedNetwork) and len(network.blocks) == 32
+    assert [b.shortcut for b in network.blocks].count(True) == 25       # its 25 elemwise_adds
+    assert {b.shuffle for b in network.blocks} == {2}
+    arrays = _random_arrays(symbol)
+    nodes = {n["name"] for n in symbol["nodes"] if n["op"] == "null"} - {"data", "softmax_label"}
+    assert {k.split(":", 1)[1] for k in arrays} == nodes and len(arrays) == len(nodes) == 492
+    assert sum(k.startswith("aux:") for k in arrays) == 196
+    variables, converted = convert_mxnet.convert_model(symbol, arrays)
+    assert converted == mxnet_infer.ConvertedModel({"name": "igcv3", "width": 1.0}, 1000, 224)
+    assert mxnet_infer.matching_experiment(converted) == "experiments/imagenet_igcv3.py"
+    # model.json records IGCV3's own input (mean subtraction only), what its config normalises
+    pre = mxnet_saved.released_preprocessing(converted)
+    assert (tuple(pre["mean"]), tuple(pre["std"])) == NORMALIZATION["imagenet_igcv3_mxnet"]
+    assert len(jax.tree.leaves(variables)) == 492
+    assert sum(a.size for a in jax.tree.leaves(variables["params"])) == 3_491_688
+    model = models.build_model(converted.model, num_classes=1000, plan="grouped")
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)),
+                                                 train=False))
+    assert jax.tree.map(np.shape, variables) == jax.tree.map(lambda a: a.shape, abstract)
+    assert variables["params"]["stage5_unit1_depthwise"]["kernel"].shape == (3, 3, 1, 384)
+    np.testing.assert_array_equal(  # seq-4-block0 is stage 5's first block (MXNet counts from 0)
+        variables["params"]["stage5_unit1_depthwise"]["kernel"],
+        arrays["arg:seq-4-block0-depthwise-conv2d_weight"].transpose(2, 3, 1, 0))
+
+
+@needs_igcv3
+def test_igcv3_converted_logits_equal_the_symbol_graph():
+    """The converted igc-jax model (float32) against the symbol itself, evaluated op by op
+    (float64 PyTorch ops, MXNet's semantics: the Reshape codes of the shuffle, SwapAxis, clip,
+    global pool) on two 64×64 images: in inference mode, the moving statistics being the batch
+    statistics of four other images (random ones leave 50 layers unnormalised, and any float32
+    computation then strays by 1e-3), and in training mode. MXNet 1.9.1 itself at 224²:
+    benchmarks/results/mxnet_equivalence_igcv3.md."""
+    pytest.importorskip("torch")
+    symbol = json.loads(IGCV3_SYMBOL.read_text())
+    rng = np.random.default_rng(2)
+    x, calibration = (rng.standard_normal((n, 64, 64, 3)).astype(np.float32) for n in (2, 4))
+    arrays = _random_arrays(symbol, seed=1)
+    arrays.update({k: v.astype(np.float32)
+                   for k, v in _run_symbol(symbol, arrays, calibration, train=True)[1].items()})
+    variables, converted = convert_mxnet.convert_model(symbol, arrays)
+    model = models.build_model(converted.model, num_classes=1000)
+    inference = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    training, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables, x)
+    # Training mode normalises the last stages over 2 images × 2×2 pixels: less well conditioned.
+    for train, ours, tolerance in ((False, inference, 1e-5), (True, training, 1e-4)):
+        ref = _run_symbol(symbol, arrays, x, train)[0]
+        assert relative_error(np.asarray(ours), ref) < tolerance, train
+
+
+def test_mxnet_reshape_codes():
+    assert _mxnet_reshape((2, 6, 5, 5), (0, -4, 2, -1, -2)) == (2, 2, 3, 5, 5)
+    assert _mxnet_reshape((2, 3, 2, 5, 5), (0, -3, -2)) == (2, 6, 5, 5)
+
+
+def test_igcv3_symbols_of_other_shapes_fail_with_one_line():
+    """A shuffle that is not one, and widths of no IGCV3-D width, are one-line errors."""
+    if not IGCV3_SYMBOL.is_file():
+        pytest.skip(f"{IGCV3_SYMBOL} is absent")
+    symbol = json.loads(IGCV3_SYMBOL.read_text())
+    bad = json.loads(json.dumps(symbol))
+    for node in bad["nodes"]:
+        if node["op"] == "SwapAxis":
+            _attrs(node)["dim2"] = "3"
+            break
+    with pytest.raises(UserError, match="is not a channel shuffle") as err:
+        mxnet_symbol.parse_symbol(bad)
+    assert "\n" not in str(err.value)
+    wide = json.loads(json.dumps(symbol))
+    for node in wide["nodes"]:
+        if node["name"].startswith("last-1x1-conv-conv2d"):
+            _attrs(node)["num_filter"] = "1000"
+    with pytest.raises(UserError, match="IGCV3-D's at no width igc-jax builds"):
+        mxnet_infer.model_config(mxnet_symbol.parse_symbol(wide))
 
 
 # ---------------------------------------------------------------- evaluation entry point

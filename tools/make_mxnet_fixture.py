@@ -9,6 +9,8 @@ runs in its own environment:
         --official ../shared/reference/official_models
     /work/mxnet-venv/bin/python tools/make_mxnet_fixture.py official \
         --symbol ../shared/reference/official_models/resnet_d18-symbol.json --out /tmp/mxnet_full
+    /work/mxnet-venv/bin/python tools/make_mxnet_fixture.py official --calibrate 100 \
+        --symbol ../shared/reference/official_models/igcv3/igcv3-symbol.json --out /tmp/mxnet_igcv3
 
 A symbol is written in the dialect of the authors' released files (MXNet v0.8 JSON: `param`
 attributes, BatchNorm statistics implicit, the custom `Reorder` op). To run it, the script rebuilds
@@ -213,7 +215,7 @@ def to_mxnet(symbol: dict):
         else:
             out = getattr(mx.sym, op)(*inputs, name=name, **param)
         built.append(out)
-    (head, _), = symbol["heads"]
+    head = symbol["heads"][0][0]     # [node, index] or, from MXNet 1.0, [node, index, version]
     return built[head]
 
 
@@ -252,8 +254,23 @@ def inference_logits(sym, args: dict, aux: dict, data: np.ndarray) -> np.ndarray
     return exe.forward(is_train=False)[0].asnumpy()
 
 
+def calibrate(sym, args: dict, aux: dict, data: np.ndarray, passes: int) -> None:
+    """Bring every BatchNorm's moving statistics to those of `data` (MXNet's own training-mode
+    update, momentum 0.9, repeated `passes` times: 0.9^passes of the random start remains), as a
+    trained network's are close to its data's. Random statistics leave the activations of a deep
+    network (IGCV3's 98 BatchNorms) unnormalised, and float32 rounding grows with them. MXNet's
+    CPU BatchNorm updates them in its backward pass, so each pass runs one (weights untouched)."""
+    inputs = {**args, "data": mx.nd.array(data)}
+    grads = {k: mx.nd.zeros(v.shape) for k, v in inputs.items()}
+    exe = sym.bind(mx.cpu(), inputs, args_grad=grads, aux_states=aux, grad_req="write")
+    for _ in range(passes):
+        out = exe.forward(is_train=True)[0]
+        exe.backward(mx.nd.ones(out.shape))
+    mx.nd.waitall()
+
+
 def write_model(out: Path, name: str, symbol: dict, image_size: int, batch: int, seed: int,
-                normalization: str) -> None:
+                normalization: str, calibration_passes: int = 0) -> None:
     """NAME-symbol.json (with Reorder), NAME-0000.params and NAME-logits.npz.
 
     The inputs are random uint8 RGB images (`image`, NHWC) normalised per channel (`mean`, `std`
@@ -267,6 +284,10 @@ def write_model(out: Path, name: str, symbol: dict, image_size: int, batch: int,
     images = rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)
     mean, std = (np.asarray(v, np.float32) for v in NORMALIZATION[normalization])
     data = ((images.astype(np.float32) - mean) / std).transpose(0, 3, 1, 2)
+    if calibration_passes:    # on other random images than the compared ones
+        other = rng.integers(0, 256, images.shape, dtype=np.uint8).astype(np.float32)
+        calibrate(sym, args, aux, ((other - mean) / std).transpose(0, 3, 1, 2),
+                  calibration_passes)
     logits = inference_logits(sym, args, aux, data)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}-symbol.json").write_text(json.dumps(symbol, indent=1) + "\n")
@@ -351,6 +372,9 @@ def main() -> None:
     off.add_argument("--symbol", type=Path, required=True, action="append")
     off.add_argument("--out", type=Path, required=True)
     off.add_argument("--batch", type=int, default=4)
+    off.add_argument("--calibrate", type=int, default=0, metavar="PASSES",
+                     help="set the BatchNorm moving statistics to other random images' batch "
+                     "statistics first (MXNet's training-mode update, this many passes)")
     args = parser.parse_args()
     check_reorder()
     if args.command == "fixtures":
@@ -364,7 +388,7 @@ def main() -> None:
         for seed, path in enumerate(args.symbol):
             name = path.name.removesuffix("-symbol.json")
             write_model(args.out, name, json.loads(path.read_text()), 224, args.batch, seed,
-                        normalization="imagenet")
+                        normalization="imagenet", calibration_passes=args.calibrate)
 
 
 if __name__ == "__main__":

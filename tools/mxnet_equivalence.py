@@ -1,9 +1,19 @@
-"""Compare igc-jax with MXNet on the five released ImageNet symbols at 224×224 (once, not in CI).
+"""Compare igc-jax with MXNet on the released ImageNet symbols at 224×224 (once, not in CI).
 
     /work/mxnet-venv/bin/python tools/make_mxnet_fixture.py official --out /tmp/mxnet_full \\
         --symbol ../shared/reference/official_models/resnet_d18-symbol.json --symbol ...
     python tools/mxnet_equivalence.py --dir /tmp/mxnet_full \
         --out benchmarks/results/mxnet_equivalence
+    MXNET_MKLDNN_ENABLED=0 /work/mxnet-venv/bin/python tools/make_mxnet_fixture.py official \\
+        --calibrate 100 --symbol ../shared/reference/official_models/igcv3/igcv3-symbol.json \\
+        --out /tmp/mxnet_igcv3
+    python tools/mxnet_equivalence.py --dir /tmp/mxnet_igcv3 --modes grouped \
+        --out benchmarks/results/mxnet_equivalence_igcv3
+
+(IGCV3's symbol: MXNet 1.9.1's oneDNN path fails on its graph, "could not create a primitive
+descriptor for a reorder primitive", hence MXNET_MKLDNN_ENABLED=0; and its 98 BatchNorms get the
+moving statistics of other random images, `--calibrate`, so that float32 rounding is not
+amplified through unnormalised activations.)
 
 For every NAME-symbol.json / NAME-0000.params / NAME-logits.npz in --dir (random weights and
 BatchNorm statistics, MXNet's inference-mode logits of random images), converts the model with
@@ -60,7 +70,8 @@ def markdown(rows: list[dict], modes: list[str]) -> str:
         "# igc-jax vs MXNet 1.9.1 on the released ImageNet symbols",
         "",
         "Each released `-symbol.json` (the custom `Reorder` op replaced by stock reshape +",
-        "transpose in MXNet) with random weights and random BatchNorm statistics; MXNet's",
+        "transpose in MXNet) with random weights and BatchNorm statistics (random, or those of",
+        "other random images where `make_mxnet_fixture.py official --calibrate` set them); MXNet's",
         "inference-mode logits for random 224×224 images against the converted igc-jax model",
         "(float32, CPU).",
         "Difference: max |igc-jax − MXNet| over all logits / max |MXNet logit|.",
@@ -87,8 +98,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="output path without extension")
-    parser.add_argument("--modes", default="composed,grouped,shift",
-                        help="comma-separated igc_jax.igc.modes modes (ResNets have no IGC layer)")
+    parser.add_argument("--modes", default="composed,grouped",
+                        help="comma-separated igc_jax.igc.modes modes (ResNets and IGCV3 have no "
+                        "IGC layer)")
     args = parser.parse_args()
     modes = args.modes.split(",")
     names = sorted(p.name.removesuffix("-logits.npz") for p in args.dir.glob("*-logits.npz"))

@@ -13,6 +13,10 @@ the params file (`igc_jax.mxnet.format`):
     BatchNorm gamma, beta                     → params scale, bias (gamma is 1 when fix_gamma)
     BatchNorm moving_mean, moving_var         → batch_stats mean, var
     FullyConnected weight (classes, C), bias  → classifier kernel (C, classes), bias
+    IGCV3 (Reshape → SwapAxis → Reshape)      → the shuffle(2) inside each block (checked, no
+                                                array); block k of the symbol's stage s (a stage
+                                                starts at a block without shortcut) →
+                                                stage{s}_unit{k}_{expand,depthwise,linear}[_bn]
 
 Every array of the params file must be used exactly once with the shape the symbol implies, and
 every variable of the network must receive one; anything else is a one-line UserError naming the
@@ -29,7 +33,8 @@ import numpy as np
 from igc_jax.errors import UserError
 from igc_jax.mxnet import format as mxnet_format
 from igc_jax.mxnet.infer import ConvertedModel, model_config
-from igc_jax.mxnet.symbol import IGC, BatchNorm, Conv, Layer, Network, parse_symbol
+from igc_jax.mxnet.symbol import (IGC, BatchNorm, Conv, InvertedNetwork, Layer, Network,
+                                  parse_symbol)
 
 
 class _Arrays:
@@ -73,7 +78,8 @@ def _unit_prefixes(abstract_params: dict) -> list[str]:
     return sorted(found, key=found.get)
 
 
-def convert_arrays(network: Network, arrays: dict[str, np.ndarray], abstract: dict) -> dict:
+def convert_arrays(network: Network | InvertedNetwork, arrays: dict[str, np.ndarray],
+                   abstract: dict) -> dict:
     """Fill the variables `abstract` describes ({"params", "batch_stats"} of shape structs)."""
     src = _Arrays(arrays)
     out: dict[str, dict] = {"params": {}, "batch_stats": {}}
@@ -109,17 +115,30 @@ def convert_arrays(network: Network, arrays: dict[str, np.ndarray], abstract: di
 
     conv("stem_conv", network.stem)
     batch_norm("stem_bn", network.stem_bn)
-    prefixes = _unit_prefixes(abstract["params"])
-    if len(prefixes) != len(network.units):
-        raise UserError(f"the symbol has {len(network.units)} residual units, the igc-jax model "
-                        f"{len(prefixes)}")
-    for prefix, u in zip(prefixes, network.units):
-        for k, (unit_layer, bn) in enumerate(((u.layer1, u.bn1), (u.layer2, u.bn2)), start=1):
-            layer(f"{prefix}_{'igc' if isinstance(unit_layer, IGC) else 'conv'}{k}", unit_layer)
-            batch_norm(f"{prefix}_bn{k}", bn)
-        if u.proj is not None:
-            conv(f"{prefix}_proj", u.proj)
-            batch_norm(f"{prefix}_proj_bn", u.proj_bn)
+    if isinstance(network, InvertedNetwork):
+        stage = unit = 0
+        for b in network.blocks:
+            stage, unit = (stage, unit + 1) if b.shortcut else (stage + 1, 1)
+            for part, c, bn in (("expand", b.expand, b.expand_bn),
+                                ("depthwise", b.depthwise, b.depthwise_bn),
+                                ("linear", b.linear, b.linear_bn)):
+                conv(f"stage{stage}_unit{unit}_{part}", c)
+                batch_norm(f"stage{stage}_unit{unit}_{part}_bn", bn)
+        conv("head_conv", network.head)
+        batch_norm("head_bn", network.head_bn)
+    else:
+        prefixes = _unit_prefixes(abstract["params"])
+        if len(prefixes) != len(network.units):
+            raise UserError(f"the symbol has {len(network.units)} residual units, the igc-jax "
+                            f"model {len(prefixes)}")
+        for prefix, u in zip(prefixes, network.units):
+            for k, (unit_layer, bn) in enumerate(((u.layer1, u.bn1), (u.layer2, u.bn2)), start=1):
+                kind = "igc" if isinstance(unit_layer, IGC) else "conv"
+                layer(f"{prefix}_{kind}{k}", unit_layer)
+                batch_norm(f"{prefix}_bn{k}", bn)
+            if u.proj is not None:
+                conv(f"{prefix}_proj", u.proj)
+                batch_norm(f"{prefix}_proj_bn", u.proj_bn)
     fc = network.classifier
     put("params", "classifier", "kernel",
         np.ascontiguousarray(src.take("arg", fc.weight, (fc.c_out, fc.c_in), fc.name).T), fc.name)

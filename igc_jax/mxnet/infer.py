@@ -2,7 +2,9 @@
 layers: `model_config` infers the model config (`igc_jax.models`), the number of classes and the
 input size, and checks strides, padding, pooling, groups and BatchNorm epsilon against the igc-jax
 network (a one-line UserError naming the layer otherwise); `matching_experiment` names the paper's
-experiments/imagenet_*.py with this model, if any.
+experiments/imagenet_*.py with this model, if any. An IGCV3 symbol (`InvertedNetwork`) is IGCV3-D
+at the width whose layout (`igc_jax.models.igcv3.layout`, pytorchcv's rule or the builder's quirk)
+has exactly its channels.
 """
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from typing import Any, Sequence
 
 from igc_jax.configs.networks import IMAGENET_EXPERIMENTS, IMAGENET_NETWORKS
 from igc_jax.errors import UserError
-from igc_jax.mxnet.symbol import IGC, BatchNorm, Conv, Layer, Network, Pool, Unit
+from igc_jax.mxnet.symbol import (IGC, BatchNorm, Conv, InvertedNetwork, Layer, Network, Pool,
+                                  Unit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,14 +67,15 @@ def _check_units(stages: list[list[Unit]]) -> None:
                 _check_conv(u.proj, 1, stride)
 
 
-def _check_batch_norms(network: Network) -> None:
-    """Every BatchNorm has igc-jax's epsilon."""
+def _check_batch_norms(network: Network | InvertedNetwork, eps: float | None = None) -> None:
+    """Every BatchNorm has igc-jax's epsilon (`eps`, default the IGCV1 networks')."""
     from igc_jax.models.blocks import BN_EPSILON
+    eps = BN_EPSILON if eps is None else eps
     for layer in network.layers():
         if isinstance(layer, BatchNorm):
-            _check(abs(layer.eps - BN_EPSILON) <= 1e-12,
+            _check(abs(layer.eps - eps) <= 1e-12,
                    f"symbol: BatchNorm {layer.name!r} has eps {layer.eps:g}; igc-jax uses "
-                   f"{BN_EPSILON:g}")
+                   f"{eps:g}")
 
 
 def _layer_groups(layer: Layer) -> tuple[int | None, int | None]:
@@ -90,8 +94,10 @@ def _final_size(pool: Pool) -> int | None:
     return pool.kernel[0]
 
 
-def model_config(network: Network) -> ConvertedModel:
+def model_config(network: Network | InvertedNetwork) -> ConvertedModel:
     """The igc-jax model config (`igc_jax.models`) that has exactly this network's layers."""
+    if isinstance(network, InvertedNetwork):
+        return _igcv3_config(network)
     stages = _stages(network.units)
     _check_units(stages)
     _check_batch_norms(network)
@@ -180,6 +186,39 @@ def _cifar_config(network: Network, stages: list[list[Unit]], widths: list[int],
     cfg = {"name": "cifar_igc", "depth": depth, "L": L, "M": C // L, "residual": True,
            "downsample_quirk": True if quirk is None else quirk}
     return cfg, 4 * (final or 8)
+
+
+def _igcv3_config(network: InvertedNetwork) -> ConvertedModel:
+    """IGCV3-D at the width (and width rule) whose layout has exactly this network's layers."""
+    from igc_jax.models import igcv3
+    _check_batch_norms(network, igcv3.BN_EPSILON)
+    _check_conv(network.stem, 3, 2)
+    _check_conv(network.head, 1, 1)
+    _check(network.head.groups == 1, f"symbol: head conv {network.head.name!r} is grouped")
+    blocks = [(b.expand.c_in, b.expand.c_out, b.linear.c_out, b.depthwise.stride[0], b.shortcut)
+              for b in network.blocks]
+    for b in network.blocks:
+        _check_conv(b.expand, 1, 1)
+        _check_conv(b.depthwise, 3, b.depthwise.stride[0])
+        _check_conv(b.linear, 1, 1)
+        groups = (b.expand.groups, b.shuffle, b.linear.groups)
+        _check(groups == (igcv3.GROUPS,) * 3 and b.depthwise.groups == b.depthwise.c_in,
+               f"symbol: block {b.name!r} has groups {groups} around a "
+               f"{b.depthwise.groups}-group 3×3 conv; IGCV3 uses {igcv3.GROUPS} and depthwise")
+    final = _final_size(network.pool)
+    width = network.blocks[-1].linear.c_out / igcv3.STAGES[-1][1]
+    for quirk in (False, True):
+        lay = igcv3.layout(width, quirk)
+        ours = [(b.c_in, b.expanded, b.c_out, b.stride, b.residual) for b in lay.blocks()]
+        if (lay.stem, ours, lay.head) == (network.stem.c_out, blocks, network.head.c_out):
+            cfg: dict[str, Any] = {"name": "igcv3", "width": width}
+            if quirk:
+                cfg["width_quirk"] = True
+            return ConvertedModel(model=cfg, num_classes=network.classifier.c_out,
+                                  image_size=32 * final if final else 224)
+    raise UserError(f"symbol: its widths (stem {network.stem.c_out}, blocks c_in/expanded/c_out "
+                    f"{[b[:3] for b in blocks[:3]]}…, head {network.head.c_out}) are IGCV3-D's at "
+                    f"no width igc-jax builds (tried {width:g} with both width rules)")
 
 
 def plain_config(model_cfg: dict) -> dict:

@@ -7,10 +7,11 @@
                         released models' input normalisation, null for other networks),
                         "source": {"symbol", "params"} file names}
 
-The released models were trained (the authors' train_imagenet.py, default `fb_mean=False`) on RGB
-inputs normalised with mean (123.370, 112.757, 99.406) and std (68.998, 66.093, 68.292) on the
-0–255 scale, evaluated on the centre 224 crop of images resized to short side 256; model.json
-records this.
+The released IGCV1 models were trained (the authors' train_imagenet.py, default `fb_mean=False`) on
+RGB inputs normalised with mean (123.370, 112.757, 99.406) and std (68.998, 66.093, 68.292) on the
+0–255 scale, evaluated on the centre 224 crop of images resized to short side 256; the released
+IGCV3 model on inputs minus the mean (123.68, 116.779, 103.939), no std, evaluated the same way.
+model.json records which.
 """
 from __future__ import annotations
 
@@ -27,6 +28,22 @@ RELEASED_PREPROCESSING = {
     "eval": "resize the short side to 256, centre crop 224",
     "source": "hellozting/InterleavedGroupConvolutions train_imagenet.py (fb_mean=False)",
 }
+# The IGCV3 authors' ImageNet input: mean subtraction only (common/data.py's `--rgb-mean`).
+RELEASED_IGCV3_PREPROCESSING = {
+    "mean": [123.68, 116.779, 103.939],
+    "std": [1.0, 1.0, 1.0],
+    "eval": "resize the short side to 256, centre crop 224",
+    "source": "homles11/IGCV3 train_imagenet.py (common/data.py --rgb-mean, no std)",
+}
+
+
+def released_preprocessing(converted: ConvertedModel) -> dict | None:
+    """The training inputs of a released network (None for any other network)."""
+    if matching_experiment(converted) is None:
+        return None
+    if converted.model["name"] == "igcv3":
+        return RELEASED_IGCV3_PREPROCESSING
+    return RELEASED_PREPROCESSING
 
 
 def save_converted(out_dir: str | Path, variables: dict, converted: ConvertedModel,
@@ -46,7 +63,7 @@ def save_converted(out_dir: str | Path, variables: dict, converted: ConvertedMod
     info = {"model": plain_config(converted.model), "num_classes": converted.num_classes,
             "image_size": converted.image_size, "experiment": experiment,
             # The released networks' training inputs; unknown for any other network.
-            "preprocessing": RELEASED_PREPROCESSING if experiment else None,
+            "preprocessing": released_preprocessing(converted),
             "source": source or {}}
     (out / "model.json").write_text(json.dumps(info, indent=2) + "\n")
     return out

@@ -5,8 +5,12 @@ The symbol graph, not the names in it, decides the structure: walking back from 
 (a `_Plus` of a shortcut, identity or 1×1 conv → BN, and conv → BN → ReLU → conv → BN) and, inside
 each unit, the layers: a convolution (`Conv`: groups, stride, padding), or an IGC layer (`IGC`:
 conv (L groups) → Reorder(L) → conv (M groups) → Reorder(M)). It returns a `Network` naming every
-array each layer reads; what igc-jax builds from it is `igc_jax.mxnet.infer`'s job. A graph of
-any other shape is a one-line UserError naming the node.
+array each layer reads. An IGCV3 graph (ReLU6 as `clip(0, 6)` before the pool) is an
+`InvertedNetwork` instead: stem (conv → BN → clip), inverted residual blocks (1×1 conv → BN →
+channel shuffle as Reshape → SwapAxis → Reshape → depthwise conv → BN → clip → 1×1 conv → BN,
+maybe `elemwise_add`ed to the block's input), head (1×1 conv → BN → clip). What igc-jax builds
+from either is `igc_jax.mxnet.infer`'s job. A graph of any other shape is a one-line UserError
+naming the node.
 """
 from __future__ import annotations
 
@@ -131,6 +135,43 @@ class Network:
         yield self.classifier
 
 
+@dataclasses.dataclass(frozen=True)
+class InvertedBlock:
+    """IGCV3's block: expand (1×1) → BN → shuffle(B) → depthwise → BN → ReLU6 → linear (1×1)
+    → BN, plus the block's input when `shortcut`."""
+    name: str
+    expand: Conv
+    expand_bn: BatchNorm
+    shuffle: int
+    depthwise: Conv
+    depthwise_bn: BatchNorm
+    linear: Conv
+    linear_bn: BatchNorm
+    shortcut: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class InvertedNetwork:
+    """An IGCV3 symbol: stem conv → BN → ReLU6, blocks, head 1×1 conv → BN → ReLU6, pool,
+    classifier."""
+    stem: Conv
+    stem_bn: BatchNorm
+    blocks: tuple[InvertedBlock, ...]
+    head: Conv
+    head_bn: BatchNorm
+    pool: Pool
+    classifier: Dense
+
+    def layers(self) -> Iterator[Conv | BatchNorm | Dense]:
+        """Every layer with arrays, in graph order."""
+        yield self.stem
+        yield self.stem_bn
+        for b in self.blocks:
+            yield from (b.expand, b.expand_bn, b.depthwise, b.depthwise_bn, b.linear,
+                        b.linear_bn)
+        yield from (self.head, self.head_bn, self.classifier)
+
+
 def _ints(value: str) -> tuple[int, ...]:
     """An MXNet tuple attribute ("(3, 3)") as ints."""
     return tuple(int(v) for v in re.findall(r"-?\d+", value))
@@ -222,6 +263,69 @@ class _Graph:
     def is_relu(self, i: int) -> bool:
         return self.op(i) == "Activation" and self.attrs(i).get("act_type") == "relu"
 
+    def is_relu6(self, i: int) -> bool:
+        """`clip(0, 6)`: the official IGCV3 code's ReLU6."""
+        if self.op(i) != "clip":
+            return False
+        a = self.attrs(i)
+        return float(a.get("a_min", "nan")) == 0.0 and float(a.get("a_max", "nan")) == 6.0
+
+    def relu6_input(self, i: int, what: str) -> int:
+        if not self.is_relu6(i):
+            raise UserError(f"symbol: {what}: node {self.name(i)!r} is {self.op(i)}, expected "
+                            f"clip(0, 6) (ReLU6)")
+        return self.inputs(i)[0]
+
+    def conv_bn(self, i: int, what: str) -> tuple[Conv, BatchNorm, int]:
+        """conv → BN ending at node i (the BN): both, and the conv's input."""
+        bn = self.batch_norm(i, what)
+        conv_node = self.expect(self.inputs(i)[0], ["Convolution"], what)
+        return self.conv(conv_node), bn, self.inputs(conv_node)[0]
+
+    def shuffle(self, i: int, what: str) -> tuple[int, int]:
+        """Reshape (0, -4, B, -1, -2) → SwapAxis(1, 2) → Reshape (0, -3, -2) ending at node i: the
+        channel shuffle with B groups (`kernels.shuffle`), and its input."""
+        merge = self.expect(i, ["Reshape"], what)
+        swap = self.expect(self.inputs(merge)[0], ["SwapAxis"], what)
+        split = self.expect(self.inputs(swap)[0], ["Reshape"], what)
+        shape = _ints(self.attrs(split).get("shape", ""))
+        dims = _ints(self.attrs(swap).get("dim1", "")) + _ints(self.attrs(swap).get("dim2", ""))
+        if (len(shape) != 5 or shape[:2] != (0, -4) or shape[3:] != (-1, -2) or shape[2] < 1
+                or sorted(dims) != [1, 2]
+                or _ints(self.attrs(merge).get("shape", "")) != (0, -3, -2)):
+            raise UserError(f"symbol: {what}: {self.name(split)!r} → {self.name(swap)!r} → "
+                            f"{self.name(merge)!r} is not a channel shuffle (reshape (0, -4, B, "
+                            f"-1, -2), swap axes 1 and 2, reshape (0, -3, -2))")
+        return shape[2], self.inputs(split)[0]
+
+    def inverted_branch(self, i: int) -> tuple[InvertedBlock, int]:
+        """expand → BN → shuffle → depthwise → BN → ReLU6 → linear → BN ending at node i (the
+        last BN), as a block without shortcut, and its input."""
+        what = "IGCV3 block"
+        linear, linear_bn, j = self.conv_bn(i, what)
+        depthwise, depthwise_bn, j = self.conv_bn(self.relu6_input(j, what), what)
+        groups, j = self.shuffle(j, what)
+        expand, expand_bn, block_in = self.conv_bn(j, what)
+        name = _common_prefix(expand.name, linear.name).rstrip("-")
+        return InvertedBlock(name, expand, expand_bn, groups, depthwise, depthwise_bn, linear,
+                             linear_bn, shortcut=False), block_in
+
+    def inverted_block(self, i: int) -> tuple[InvertedBlock, int]:
+        """The IGCV3 block ending at node i (its last BN, or the sum of that and its input)."""
+        if self.op(i) not in ("elemwise_add", "_Plus"):
+            return self.inverted_branch(i)
+        a, b = self.inputs(i)[:2]
+        for branch, x in ((b, a), (a, b)):      # elemwise_add(data_in, data_residual)
+            if self.op(branch) == "BatchNorm":
+                try:
+                    block, block_in = self.inverted_branch(branch)
+                except UserError:
+                    continue
+                if block_in == x:
+                    return dataclasses.replace(block, shortcut=True), x
+        raise UserError(f"symbol: {self.name(i)!r} is not the sum of an IGCV3 block and that "
+                        f"block's input")
+
     def layer(self, i: int, what: str) -> tuple[Layer, int]:
         """The layer ending at node i (a conv, or conv → Reorder → conv → Reorder) and its input."""
         if self.op(i) == "Convolution":
@@ -288,8 +392,9 @@ class _Graph:
                         f"residual unit (shortcut + conv → BN → ReLU → conv → BN of one input)")
 
 
-def parse_symbol(symbol: dict, in_channels: int = 3) -> Network:
-    """The network of a symbol JSON: stem, residual units, classifier (see the module docstring)."""
+def parse_symbol(symbol: dict, in_channels: int = 3) -> Network | InvertedNetwork:
+    """The network of a symbol JSON: stem, residual units (or IGCV3 blocks), classifier (see the
+    module docstring)."""
     g = _Graph(symbol, in_channels)
     i = g.head
     if g.op(i) == "SoftmaxOutput":
@@ -305,6 +410,8 @@ def parse_symbol(symbol: dict, in_channels: int = 3) -> Network:
                        c_in=g.channels[i], c_out=int(a["num_hidden"]))
     pool = g.pool(i, "global average pool before the classifier")
     i = g.inputs(i)[0]
+    if g.is_relu6(i):
+        return _parse_inverted(g, i, pool, classifier)
     units = []
     while g.is_relu(i) and g.op(g.inputs(i)[0]) == "_Plus":
         unit, i = g.unit(g.inputs(i)[0])
@@ -323,6 +430,22 @@ def parse_symbol(symbol: dict, in_channels: int = 3) -> Network:
         raise UserError("symbol: no residual unit found; igc-jax converts residual networks only")
     return Network(stem=g.conv(stem_node), stem_bn=stem_bn, stem_pool=stem_pool,
                    units=tuple(reversed(units)), pool=pool, classifier=classifier)
+
+
+def _parse_inverted(g: _Graph, i: int, pool: Pool, classifier: Dense) -> InvertedNetwork:
+    """The IGCV3 network whose head's ReLU6 is node i (see the module docstring)."""
+    head, head_bn, i = g.conv_bn(g.relu6_input(i, "head"), "head")
+    blocks = []
+    while not g.is_relu6(i):
+        block, i = g.inverted_block(i)
+        blocks.append(block)
+    stem, stem_bn, data = g.conv_bn(g.relu6_input(i, "stem"), "stem")
+    if g.name(data) != "data":
+        raise UserError(f"symbol: the stem conv {stem.name!r} does not read 'data'")
+    if not blocks:
+        raise UserError("symbol: no IGCV3 block between the stem and the head")
+    return InvertedNetwork(stem=stem, stem_bn=stem_bn, blocks=tuple(reversed(blocks)), head=head,
+                           head_bn=head_bn, pool=pool, classifier=classifier)
 
 
 def _common_prefix(a: str, b: str) -> str:
