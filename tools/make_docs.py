@@ -13,6 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from generated import write_or_check  # tools/generated.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DOC = ROOT / "docs" / "config.md"
 
@@ -37,16 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
     args = parser.parse_args(argv)
-    text = config_reference()
-    if args.check:
-        current = CONFIG_DOC.read_text() if CONFIG_DOC.exists() else ""
-        if current != text:
-            print(f"{CONFIG_DOC} is out of date: run python tools/make_docs.py", file=sys.stderr)
-            return 1
-        return 0
-    CONFIG_DOC.write_text(text)
-    print(f"wrote {CONFIG_DOC}")
-    return 0
+    return write_or_check(CONFIG_DOC, config_reference(), args.check, "python tools/make_docs.py")
 
 
 if __name__ == "__main__":

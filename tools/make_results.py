@@ -16,6 +16,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from generated import write_or_check  # tools/generated.py, beside this script
 from typing import Callable, Iterable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -495,17 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
     args = parser.parse_args(argv)
-    text = results_doc()
-    if args.check:
-        current = RESULTS_DOC.read_text() if RESULTS_DOC.exists() else ""
-        if current != text:
-            print(f"{RESULTS_DOC} is out of date: run python tools/make_results.py",
-                  file=sys.stderr)
-            return 1
-        return 0
-    RESULTS_DOC.write_text(text)
-    print(f"wrote {RESULTS_DOC}")
-    return 0
+    return write_or_check(RESULTS_DOC, results_doc(), args.check, "python tools/make_results.py")
 
 
 if __name__ == "__main__":
