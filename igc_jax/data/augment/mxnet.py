@@ -13,10 +13,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from igc_jax.data import native
 from igc_jax.data.augment.imagenet import maybe_flip
 from igc_jax.data.jpeg import Encoded, crop_source, from_pil, to_pil
 from igc_jax.data.normalization import normalize
-from igc_jax.data.randomness import U_JITTER, U_POS
+from igc_jax.data.randomness import U_FLIP, U_JITTER, U_POS
 
 # The authors' train_imagenet.py, through MXNet's ImageRecordIter (spec §4): images stored with
 # the short side at 480; a random scale s in MXNET_SCALE and aspect r in 1 ± MXNET_MAX_ASPECT give
@@ -67,12 +68,23 @@ def mxnet_train_crop(image: Encoded, u: np.ndarray, size: int, channels: int = 3
 
     One bilinear affine resample of `mxnet_crop_box` (no antialiasing, as OpenCV's warpAffine),
     `fill_rgb` outside the image; an encoded image is decoded at the largest DCT reduction that
-    keeps the box at least size×size.
+    keeps the box at least size×size. PIL's `Image.transform` defines the resample; the C++
+    kernel of igc_jax.data.native computes it bit for bit (PIL when the kernel is unavailable).
     """
     pixels, (top, left, bh, bw) = crop_source(
         image, lambda h, w: mxnet_crop_box(h, w, u, size, max_aspect, min_img_size), size,
         channels, padded=True)
     fill = fill_rgb if channels == 3 else round(float(np.mean(fill_rgb)))
+    if pixels.shape[-1] in ((1,) if channels == 1 else (3, 4)) and native.available():
+        return native.affine_bilinear(pixels, (bw / size, left, bh / size, top), (size, size),
+                                      fill, channels, flip=u[U_FLIP] < 0.5)
+    return pil_train_crop(pixels, (top, left, bh, bw), u, size, channels, fill)
+
+
+def pil_train_crop(pixels: np.ndarray, box: tuple[float, float, float, float], u: np.ndarray,
+                   size: int, channels: int, fill) -> np.ndarray:
+    """`mxnet_train_crop`'s resample and flip of decoded pixels by PIL (the definition)."""
+    top, left, bh, bw = box
     out = to_pil(pixels).transform(
         (size, size), Image.AFFINE, (bw / size, 0.0, left, 0.0, bh / size, top),
         resample=Image.BILINEAR, fillcolor=fill)
