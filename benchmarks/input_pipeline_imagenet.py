@@ -11,7 +11,8 @@ one thread, images per second of wall time and per CPU-second of the process, fo
   imagenet_mxnet  the ImageNet configs' default since issue 18: the authors' MXNet recipe
              (one affine resample per crop, HSL jitter in OpenCV's 8-bit HLS) as it is now:
              OpenCV's cvtColor and table lookups for the jitter and the normalisation, the
-             decode in PIL's own pixel layout, OpenCV's flip (issue 26)
+             resample and flip by igc_jax.data.native's C++ kernel (PIL's arithmetic bit for
+             bit) on the decoded pixels in place (issue 26)
   mxnet previous  the same recipe as before issue 26 (`previous_mxnet_train`): numpy's
              emulation of the 8-bit HLS conversion, numpy's flip and normalisation
   tf.data    TensorFlow's `decode_and_crop_jpeg` with the same crop boxes, bilinear resize, flip,
@@ -371,7 +372,8 @@ def markdown(r: dict) -> str:
               f"- 2 workers / 1 worker: {c['two_workers_vs_one']}× in images/s (target ≥ 1.6×), "
               f"{c['two_workers_vs_one_per_cpu_s']}× in images per CPU-second", "",
               "0 workers: grain's two read threads in the training process (the JPEG decode "
-              "and PIL's resampling release the GIL, so they keep up to 2 cores busy). Workers "
+              "and the resample, C++ through ctypes or PIL, release the GIL, so they keep up "
+              "to 2 cores busy). Workers "
               "are spawned processes of one read thread each; their first batch includes their "
               "start. Other jobs shared the cores while this ran (the load average above): "
               "the paths run in turn, so the load falls on all alike. Cores used: CPU-seconds "
