@@ -195,8 +195,8 @@ def test_a_run_resumed_with_other_modes_continues_from_its_state(tmp_path, monke
 
 def test_time_modes_drops_a_far_slower_candidate_after_its_warm_up(monkeypatch):
     """Steps that sleep: the 300 ms one is over 3× slower than the 5 ms one at its warm-up and
-    takes no timed round; the others take REPS rounds each (the budget allows), and the medians
-    order them as their sleeps do. Compiling runs nothing."""
+    takes no timed round; the others take the same rounds (REPS at least, more while the budget
+    lasts), and the medians order them as their sleeps do. Compiling runs nothing."""
     import time
 
     calls = {}
@@ -221,5 +221,7 @@ def test_time_modes_drops_a_far_slower_candidate_after_its_warm_up(monkeypatch):
         return Lowered(step)
     monkeypatch.setattr(autotune, "_layer_step", fake_step)
     t = autotune.time_modes(["native", "composed", "grouped"], SHAPES[0], ())
-    assert calls == {"native": 1 + autotune.REPS, "composed": 1 + autotune.REPS, "grouped": 1}
+    rounds = calls["native"] - 1
+    assert autotune.REPS <= rounds <= autotune.MAX_REPS
+    assert calls == {"native": 1 + rounds, "composed": 1 + rounds, "grouped": 1}
     assert 5 <= t["native"] < t["composed"] < t["grouped"] and t["grouped"] >= 300

@@ -4,8 +4,8 @@ Which mode is fastest depends on the layer (2 channels per group or 128), the dt
 per-device batch and the chip, and nothing but a measurement on that chip decides it. `tune`
 times every candidate mode of every distinct layer shape, forward plus backward (the input and
 both kernel gradients), on this process's first local device: a compile and a warm-up call each,
-then the median of up to `REPS` timed calls taken in interleaved rounds, fewer once the layer
-has used `LAYER_BUDGET_S` (`time_modes`). It keeps the fastest.
+then the median of timed calls taken in interleaved rounds, `REPS` at least and more while the
+layer's `LAYER_BUDGET_S` lasts (`time_modes`). It keeps the fastest.
 
 Every measurement is cached on disk (`cache_dir()`: `$IGC_JAX_AUTOTUNE_DIR`, else
 `~/.cache/igc_jax/autotune`), one JSON file per key: device kind, JAX and jaxlib versions, layer
@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 # What a config's conv_mode may be: the two ways to decide per layer, or one mode for all.
 CONV_MODES = ("auto", "autotune", *modes.MODES)
-REPS = 5                 # timed calls per candidate, after the warm-up
+REPS = 5                 # timed rounds at least, after the warm-ups
+MAX_REPS = 100           # timed rounds at most: short layers take more, for a stable median
 LAYER_BUDGET_S = 2.0     # a layer's timed rounds (not its compiles and warm-ups)
 SPLIT_MAX_GROUPS = 32    # `split` compiles one convolution per group: not for L100M2's 100+
 SLOWER = 3.0             # a warm-up this many times the best so far ends a candidate's timing
@@ -180,8 +181,9 @@ def time_modes(names: Iterable[str], shape: LayerShape, args: tuple) -> dict[str
     by one timed call; one whose warm-up
     took SLOWER times the fastest warm-up so far is out, its warm-up its time (on the CPU XLA's
     grouped convolution takes seconds where `native` takes milliseconds). The others then take
-    their timed calls in interleaved rounds, so that load from other jobs hits them alike: up to
-    REPS rounds, fewer once LAYER_BUDGET_S has passed (one at least)."""
+    their timed calls in interleaved rounds, so that load from other jobs hits them alike: REPS
+    rounds, then more while LAYER_BUDGET_S lasts (up to MAX_REPS: a layer of a millisecond gets
+    a median of many calls, one of a second few)."""
     racing: dict[str, Callable] = {}
     warm: dict[str, float] = {}
     for m in names:
@@ -191,8 +193,8 @@ def time_modes(names: Iterable[str], shape: LayerShape, args: tuple) -> dict[str
             racing[m] = step
     times: dict[str, list[float]] = {m: [] for m in racing}
     deadline = time.perf_counter() + LAYER_BUDGET_S
-    for r in range(REPS):
-        if r and time.perf_counter() > deadline:
+    for r in range(MAX_REPS):
+        if r >= REPS and time.perf_counter() > deadline:
             break
         for m, step in racing.items():
             times[m].append(_seconds(step, args))
