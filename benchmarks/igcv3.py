@@ -13,6 +13,10 @@ CPU training step beside pytorchcv's igcv3_w1.
 3. One training step (forward, backward, SGD momentum 0.9 + L2 4e-5) of IGCV3-D 1.0 at batch 64,
    224², float32: igc-jax's jitted step and pytorchcv's igcv3_w1 (NCHW, and channels-last) in one
    run, the median of `--steps` steps after warm-up.
+4. Where igc-jax's step goes on the CPU: one depthwise 3×3 layer of the network (stage 2's first,
+   112²×96, stride 2, batch 8), forward and forward+backward, as XLA's grouped convolution (what
+   the network runs) and as the C++ primary-conv kernel of IGC mode `native` with one channel
+   per group (which the network does not use: its convolutions are no IGC layers).
 """
 from __future__ import annotations
 
@@ -229,6 +233,33 @@ def torch_step_times(batch: int, size: int, warmup: int, steps: int,
     return times
 
 
+def depthwise_layer_times(reps: int = 3, batch: int = 8) -> dict[str, dict[str, float]]:
+    """Best-of-`reps` ms of one depthwise layer, forward and forward+backward (input and kernel
+    gradients), XLA's grouped conv beside `native.primary_conv` (where a C++ compiler exists)."""
+    from igc_jax.igc import modes, native
+    C, H, stride, pad = 96, 112, (2, 2), ((1, 1), (1, 1))
+    x = jax.random.normal(jax.random.key(0), (batch, H, H, C))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 1, C)) * 0.3
+    impls = {"xla_grouped_conv": lambda x, w: modes.conv(x, w, stride, pad, groups=C)}
+    if native.available():
+        impls["native_primary_conv"] = lambda x, w: native.primary_conv(x, w, C, stride, pad)
+    out = {}
+    for name, f in impls.items():
+        fwd = jax.jit(f)
+        both = jax.jit(jax.grad(lambda x, w: jnp.sum(f(x, w) ** 2), argnums=(0, 1)))
+        row = {}
+        for key, fn in (("forward_ms", fwd), ("forward_backward_ms", both)):
+            jax.block_until_ready(fn(x, w))
+            times = []
+            for _ in range(reps):
+                t = time.perf_counter()
+                jax.block_until_ready(fn(x, w))
+                times.append(time.perf_counter() - t)
+            row[key] = 1e3 * min(times)
+        out[name] = row
+    return out
+
+
 def _median_ms(times: list[float]) -> dict[str, Any]:
     return {"median_ms": 1e3 * statistics.median(times), "best_ms": 1e3 * min(times),
             "steps": len(times), "all_ms": [round(1e3 * t, 1) for t in times]}
@@ -271,7 +302,15 @@ def markdown(r: dict) -> str:
                      f"{1e3 * s['batch'] / t['median_ms']:.1f} |")
     ratio = s["jax"]["median_ms"] / s["torch"]["median_ms"]
     lines += ["", f"igc-jax / pytorchcv (NCHW): {ratio:.2f}× the time per step.", ""]
-    return "\n".join(lines)
+    d = r["depthwise"]
+    lines += [f"## One depthwise layer (112²×96, stride 2, batch {r['depthwise_batch']}), CPU", "",
+              "What the network runs (XLA's grouped convolution, `feature_group_count` = C) beside "
+              "the C++ primary-conv kernel of IGC mode `native` with one channel per group, which "
+              "the network does not use; best of 3 calls.", "",
+              "| implementation | forward ms | forward + backward ms |", "|---|---|---|"]
+    lines += [f"| {name} | {v['forward_ms']:.1f} | {v['forward_backward_ms']:.1f} |"
+              for name, v in d.items()]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> None:
@@ -311,6 +350,10 @@ def main(argv=None) -> None:
                                                               True))
     log(f"torch channels-last step: {step['torch_channels_last']['median_ms']:.0f} ms")
     result["step"] = step
+    result["depthwise_batch"] = 2 if args.quick else 8
+    result["depthwise"] = depthwise_layer_times(batch=result["depthwise_batch"])
+    log("depthwise layer: " + ", ".join(f"{k} {v['forward_backward_ms']:.0f} ms fwd+bwd"
+                                        for k, v in result["depthwise"].items()))
     result["wall_s"] = time.monotonic() - start
     stem = "igcv3" + ("_quick" if args.quick else "")
     RESULTS.mkdir(parents=True, exist_ok=True)

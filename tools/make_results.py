@@ -258,9 +258,10 @@ def step_ab(d: dict) -> Lines:
     return out
 
 
-def mxnet_equivalence(d: dict) -> Lines:
-    out = ["## Converted official models against MXNet", ""]
-    out += source("mxnet_equivalence.json", None)
+def mxnet_equivalence(d: dict, name: str = "mxnet_equivalence.json",
+                      title: str = "Converted official models against MXNet") -> Lines:
+    out = [f"## {title}", ""]
+    out += source(name, None)
     out += ["Measured by `tools/make_mxnet_fixture.py official` (in an MXNet venv) and "
             "`tools/mxnet_equivalence.py` (docs/mxnet.md). "
             "Each released `-symbol.json` in MXNet 1.9.1 with random weights and BatchNorm "
@@ -376,6 +377,38 @@ def compile_report(d: dict, name: str) -> Lines:
     return out
 
 
+def igcv3(d: dict) -> Lines:
+    out = ["## IGCV3-D: counts, logits beside pytorchcv, CPU training step", ""]
+    out += source("igcv3.json", "python -m benchmarks.igcv3")
+    out += ["Parameters and multiply-adds at 224², 1000 classes (`igc_jax.summary`: convs and "
+            "classifier) beside pytorchcv's parameter counts and the FLOPs/2 of its model table "
+            "(its own counter, BatchNorm and activations included).", ""]
+    out += table(("width", "params", "published", "MACs", "published FLOPs/2"),
+                 [(c["width"], num(c["params"]), num(c["published_params"]),
+                   f"{c['macs'] / 1e6:.2f}M", f"{c['published_flops_over_2'] / 1e6:.2f}M")
+                  for c in d["counts"]])
+    out += ["", f"Logits beside pytorchcv 0.0.74 with the same random weights (batch "
+            f"{d['logits_batch']}, {d['logits_size']}², float32), max |ours − theirs| / "
+            "max |theirs|:", ""]
+    out += table(("width", "eval mode", "train mode"),
+                 [(w, f"{e['eval']:.1e}", f"{e['train']:.1e}") for w, e in d["logits"].items()])
+    s = d["step"]
+    torch_nchw, torch_cl = s["torch"]["median_ms"], s["torch_channels_last"]["median_ms"]
+    out += ["", f"Training step of IGCV3-D 1.0, batch {s['batch']}, {s['size']}², float32 "
+            f"(median of {s['jax']['steps']}): igc-jax {ms(s['jax']['median_ms'])} ms, pytorchcv "
+            f"{ms(torch_nchw)} ms (NCHW), {ms(torch_cl)} ms (channels-last); igc-jax takes "
+            f"{s['jax']['median_ms'] / torch_nchw:.2f}× pytorchcv's NCHW time."]
+    dw = d["depthwise"]
+    if "native_primary_conv" in dw:
+        xla, nat = (dw[k]["forward_backward_ms"] for k in ("xla_grouped_conv",
+                                                           "native_primary_conv"))
+        out += ["", f"One of its depthwise layers (112²×96, stride 2, batch "
+                f"{d['depthwise_batch']}), forward + backward: XLA's grouped convolution "
+                f"{ms(xla)} ms, the C++ kernel of IGC mode `native` (unused by the network) "
+                f"{ms(nat)} ms."]
+    return out
+
+
 def fault_injection(d: dict) -> Lines:
     out = ["## Killed and resumed runs", ""]
     out += source("fault_injection.json", "python -m benchmarks.fault_injection")
@@ -441,6 +474,12 @@ FORMATTERS: dict[str, Callable[[dict], Lines]] = {
     "input_pipeline_gcs.json": input_pipeline_gcs,
     "input_pipeline_feed.json": input_pipeline_feed,
     "mxnet_equivalence.json": mxnet_equivalence,
+    "mxnet_equivalence_igcv3.json":
+        lambda d: mxnet_equivalence(d, "mxnet_equivalence_igcv3.json",
+                                    "The released IGCV3 symbol against MXNet"),
+    "compile_imagenet_igcv3_v5litepod-8.json":
+        lambda d: compile_report(d, "compile_imagenet_igcv3_v5litepod-8.json"),
+    "igcv3.json": igcv3,
     "fault_injection.json": fault_injection,
     "fault_injection_env.json": fault_injection_env,
     "autotune_cpu.json": autotune_cpu,
