@@ -206,3 +206,37 @@ def test_logits_equal_pytorchcv_with_the_same_weights(width):
     errors = bench.logit_errors(width, batch=1, modes=modes)
     assert set(errors) == set(modes)
     assert max(errors.values()) < 2e-5, errors
+
+
+# ----------------------------------------------------------------------------- end to end
+
+@pytest.mark.slow
+def test_trains_on_two_devices_checkpoints_and_resumes(tmp_path):
+    """`python -m igc_jax.main` with IGCV3-D 0.25 and the IGCV3 recipe (exponential schedule,
+    mxnet_xavier) on the bundled digits, the batch split over 2 devices (global BatchNorm over
+    them): 4 steps with a checkpoint at 2, then on to 6 from the checkpoint at 4. No IGC layer, so
+    no computation mode is planned."""
+    from run_utils import QUICKSTART, run_main, status, train_losses
+
+    config = tmp_path / "igcv3_digits.py"
+    config.write_text(
+        "import ml_collections\nfrom igc_jax import configs\n\n\n"
+        "def get_config(arg=None):\n"
+        f"    c = configs.load_config({str(QUICKSTART)!r})\n"
+        "    c.model = ml_collections.ConfigDict(dict(name='igcv3', width=0.25,\n"
+        "                                             init='mxnet_xavier'))\n"
+        "    c.update(batch_size=32, eval_batch_size=64, learning_rate=0.045, nesterov=False,\n"
+        "             weight_decay=4e-5, lr_schedule='exponential', log_every_steps=1,\n"
+        "             checkpoint_every_steps=2)\n"
+        "    return c\n")
+    wd = tmp_path / "run"
+    first = run_main(wd, "--config.num_train_steps=4", devices=2, config=config)
+    assert first.returncode == 0, first.stderr[-3000:]
+    st = status(wd)
+    assert st["status"] == "finished" and st["step"] == 4
+    assert st["conv_modes"]["layers"] == {}
+    second = run_main(wd, "--config.num_train_steps=6", devices=2, config=config)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert status(wd)["step"] == 6
+    losses = train_losses(wd)
+    assert len(losses) == 6 and np.isfinite(losses).all()
