@@ -5,9 +5,9 @@ For the quick start and CIFAR IGC-L24M2 D=20, at each config's own batch and dty
 1. start-up: `igc_jax.training.steps.plan_modes` with conv_mode=autotune and an empty cache (the
    tuner measures every distinct layer shape), then again (everything from the cache);
 2. an independent timing of every candidate mode of each layer shape, written here and sharing
-   no code with the tuner's timer (`jax.grad` of a weighted sum instead of its `jax.vjp`, fresh
-   inputs, the modes timed in interleaved rounds so that load from other jobs hits them alike,
-   the median of ROUNDS calls each);
+   no code with the tuner's timer (its own program: the output and the three gradients for a
+   cotangent given as an argument, as in a train step; its own inputs; the modes timed in
+   interleaved rounds of one call each, the median of ROUNDS calls);
 3. per layer: the tuner's choice, its independent time against the independently fastest mode
    (the issue's bound: within 1.3×), and the rules' choice (`auto` on CPU) beside it.
 
@@ -53,19 +53,22 @@ def independent_times(shape: LayerShape, mode_names: list[str], batch: int,
     pad = ((kh // 2, kh // 2), (kw // 2, kw // 2))
     out = jax.eval_shape(lambda a, b, c: modes.MODES["composed"](
         a, b, c, L=shape.L, M=shape.M, strides=shape.strides, padding=pad), x, p, s)
-    weights = jnp.asarray(rng.standard_normal(out.shape), dtype)
+    dy = jnp.asarray(rng.standard_normal(out.shape), dtype)
     fns = {}
     for m in mode_names:
-        def loss(a, b, c, f=modes.MODES[m]):
-            y = f(a, b, c, L=shape.L, M=shape.M, strides=shape.strides, padding=pad)
-            return jnp.sum(y.astype(jnp.float32) * weights)
-        fns[m] = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-        jax.block_until_ready(fns[m](x, p, s))  # compile + warm-up
+        def train_pass(a, b, c, g, f=modes.MODES[m]):
+            # What a train step asks of the layer: its output, and the three gradients for the
+            # cotangent that arrives from above (an argument, as in a network).
+            y, back = jax.vjp(lambda *k: f(*k, L=shape.L, M=shape.M, strides=shape.strides,
+                                           padding=pad), a, b, c)
+            return y, back(g)
+        fns[m] = jax.jit(train_pass)
+        jax.block_until_ready(fns[m](x, p, s, dy))  # compile + warm-up
     times = {m: [] for m in mode_names}
     for _ in range(ROUNDS):
         for m, f in fns.items():
             t = time.perf_counter()
-            jax.block_until_ready(f(x, p, s))
+            jax.block_until_ready(f(x, p, s, dy))
             times[m].append(time.perf_counter() - t)
     return {m: 1e3 * statistics.median(t) for m, t in times.items()}
 
@@ -106,9 +109,11 @@ def measure(name: str, path: str, image_shape: tuple[int, int, int]) -> dict:
 def markdown(doc: dict) -> str:
     lines = [f"# conv_mode=autotune on this CPU ({doc['date']})", "",
              f"{doc['machine']}, jax {doc['jax']}; `python -m benchmarks.autotune`. The tuner's "
-             "timings (forward + backward, median of up to 5 calls under its per-layer budget) "
+             "timings (forward + backward, median of 5 to 100 interleaved rounds within its "
+             "2 s per-layer budget) "
              "beside an independent timing of every candidate written in the benchmark "
-             f"(`jax.grad`, interleaved rounds, median of {ROUNDS}), in one process. \"ratio\": "
+             f"(output and gradients for a given cotangent, interleaved rounds, median of "
+             f"{ROUNDS}), in one process. \"ratio\": "
              "the independent time of the tuner's choice over the independently fastest mode "
              f"(bound {BOUND}×). \"rules\": what `auto` picks on this CPU without measuring. "
              "Times in ms; the machine was shared with other jobs.", ""]
