@@ -119,6 +119,25 @@ def test_a_tolerance_stops_at_a_bracket_that_narrow():
     assert lo <= exact < hi and hi - lo <= 0.02 * lo
 
 
+def test_a_search_gallops_where_the_compiler_flattens_its_totals():
+    """Near its budget the compiler rematerialises and the totals stop growing (as IGC-L4M32 on
+    v5litepod-8: 16.1 to 16.8 GB from batch 4336 to 5520); the search gallops to a batch that
+    does not fit and brackets the boundary instead of creeping up on it 3 % at a time."""
+    capacity = 16 * GIB
+
+    def measure(global_batch):
+        b = global_batch // 8
+        if b > 900:
+            return aot.oom_report(OOM_MESSAGES[0].format(need=20.0, have=15.75), 0.0)
+        total = min(0.5e9 + 0.04e9 * b, 0.98 * 15.75 * GIB)  # flat below the budget
+        return aot.StepReport(memory={"total": int(total)}, flops=0.0, bytes_accessed=0.0,
+                              collectives={}, compile_s=0.0)
+
+    search = aot.largest_batch(measure, 8, capacity, start=32, max_compiles=14, tolerance=0.02)
+    lo, hi = search.largest // 8, search.smallest_not_fitting // 8
+    assert lo <= 900 < hi and hi - lo <= 0.02 * lo
+
+
 def test_oom_messages_are_read():
     for message in OOM_MESSAGES:
         r = aot.oom_report(message.format(need=48.0, have=15.75), 1.0)

@@ -330,13 +330,15 @@ def _next_candidate(known: dict[int, int], lo: int | None, hi: int | None,
     next compile brackets the boundary (near its budget the compiler trades speed for memory and
     the totals flatten, so a line aimed exactly at the budget creeps up on it from below).
     Bracketed (lo fits, hi does not): the secant through the bracket's two ends, or its midpoint
-    when `bisect` (the caller's safeguard when a secant step did not halve the bracket). Without
+    when `bisect` (the caller's safeguard when a secant step did not halve the bracket) or when
+    the totals have flattened (`_flattening`: then they do not predict the boundary). Without
     a rising line (one point, or totals the compiler did not make monotonic): a proportional
     step, else a quarter above the largest batch that fits."""
     if lo is not None and hi is not None:
         t_lo, t_hi = known[lo], known[hi]
-        guess = ((lo + hi) / 2 if bisect or t_hi <= t_lo
-                 else lo + (capacity - t_lo) * (hi - lo) / (t_hi - t_lo))
+        secant = not (bisect or t_hi <= t_lo or _flattening(known, lo, capacity))
+        guess = (lo + (capacity - t_lo) * (hi - lo) / (t_hi - t_lo) if secant
+                 else (lo + hi) / 2)
         return min(max(int(math.floor(guess)), lo + 1), hi - 1)
     points = sorted((b, t) for b, t in known.items() if t > 0)
     line = _line(points)
@@ -347,11 +349,28 @@ def _next_candidate(known: dict[int, int], lo: int | None, hi: int | None,
     else:
         guess = 1.25 * (lo or 1)
     low = (lo or 0) + 1
+    if lo is not None and _flattening(known, lo, capacity):
+        # Near its budget the compiler rematerialises: the totals flatten and no line predicts
+        # where it gives up, so gallop until a batch does not fit.
+        return max(int(math.floor(GALLOP * lo)), low)
     guess = max(guess, low) * (OVERSHOOT if len(points) > 1 else 1.0)
     return max(int(math.floor(guess)), low)
 
 
 OVERSHOOT = 1.03  # the unbracketed step's margin past the line's crossing
+NEAR = 0.9        # totals this close to the budget ...
+FLAT = 0.5        # ... rising less than this fraction as steeply as before: rematerialising
+GALLOP = 1.25     # the unbracketed step from there
+
+
+def _flattening(known: dict[int, int], lo: int, capacity: int) -> bool:
+    """Whether the totals of the largest batches that fit are near the budget and rose less than
+    FLAT times as steeply over the last step as over the steepest step before it (the compiler
+    trading recomputation for memory; a linear growth never flattens)."""
+    fits = sorted((b, t) for b, t in known.items() if b <= lo and t > 0)
+    slopes = [(t2 - t1) / (b2 - b1) for (b1, t1), (b2, t2) in zip(fits, fits[1:])]
+    return (len(slopes) >= 2 and fits[-1][1] >= NEAR * capacity
+            and slopes[-1] < FLAT * max(slopes[:-1]))
 
 
 def largest_batch(measure: Callable[[int], StepReport], num_devices: int, capacity: int,
