@@ -11,11 +11,12 @@ The public API, loaded on first use (so `igc_jax.configs` and experiment files i
     pretrained = igc_jax.load_pretrained("converted/l16m16")     # module, variables, preprocessing
     logits = pretrained(images)                                  # 0..255 RGB, 224×224
 
-Layout: `igc/` the layer (kernel algebra, computation modes, their selection, C++ and Pallas
-kernels, Flax modules), `models/` the networks, `data/` the input pipeline, `training/` steps,
-loop, checkpoints and sharding, `mxnet/` the released models' format and converter, `configs/`
-the config schema and recipes; `main`, `evaluate`, `summary`, `sweep`, `report` and
-`convert_mxnet` are the command-line tools.
+Layout: `igc/` the layer (kernel algebra, computation modes, the C++ kernels, the rules and the
+autotuner that choose a mode, the Flax modules), `models/` the networks, `data/` the input
+pipeline, `training/` steps, loop, checkpoints and sharding, `mxnet/` the released models'
+format and converter, `configs/` the config schema and recipes; `main`, `evaluate`, `summary`,
+`sweep`, `report`, `convert_mxnet` and `compile` are the command-line tools (docs/design.md,
+"Modules").
 
 "spec §N", throughout the code, tests and docs, is section N of docs/spec.md: the paper's layer,
 networks and training setup as the authors' official code has them.
