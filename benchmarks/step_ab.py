@@ -6,7 +6,8 @@
 Alternates fresh processes of the two checkouts (A B A B ...), each compiling its own train step
 (`igc_jax.training.steps` here; `igc_jax.train` in checkouts older than the package layout) on one
 CPU device with the config's `auto` modes and timing `--steps` steps after warm-up, so both see
-the same machine load. Reports best-of-rounds ms per step and the ratio.
+the same machine load. Reports best-of-rounds ms per step and the ratio, and whether the two
+train steps are the same program (their StableHLO, source locations stripped, hashed).
 Writes benchmarks/results/step_ab.{json,md}.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ NETWORKS = {"IGC-L24M2 D=20": ("experiments/cifar10_igc.py:L24M2,D20", 128),
 
 # Run inside each checkout: prints the best step time in ms.
 _PROBE = r"""
-import importlib.util, json, sys, time
+import hashlib, importlib.util, json, re, sys, time
 import jax, jax.numpy as jnp, numpy as np
 path, batch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 spec = importlib.util.spec_from_file_location("exp", path.split(":")[0])
@@ -54,13 +55,18 @@ rng = np.random.default_rng(0)
 batch_ = {"image": rng.standard_normal((batch, 32, 32, 3)).astype(np.float32),
           "label": rng.integers(0, 10, batch).astype(np.int32)}
 batch_ = jax.device_put(batch_, sharding.batch_sharding(mesh))
+# The program itself, without its source locations: equal digests mean the same step.
+text = "\n".join(l for l in re.sub(r"loc\([^)]*\)", "", train.lower(state, batch_).as_text())
+                 .splitlines() if not l.startswith("#loc"))
+program = hashlib.sha256(text.encode()).hexdigest()[:16]
 for _ in range(2):
     state, m = train(state, batch_); jax.block_until_ready(m)
 times = []
 for _ in range(steps):
     t = time.perf_counter(); state, m = train(state, batch_); jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
-print(json.dumps({"best_ms": 1e3 * min(times), "median_ms": 1e3 * float(np.median(times))}))
+print(json.dumps({"best_ms": 1e3 * min(times), "median_ms": 1e3 * float(np.median(times)),
+                  "program": program}))
 """
 
 
@@ -91,8 +97,10 @@ def main(argv: list[str] | None = None) -> None:
                 runs[which].append(probe(checkout, config, batch, args.steps))
                 print(name, which, runs[which][-1], flush=True)
         best = {k: min(r["best_ms"] for r in v) for k, v in runs.items()}
+        programs = {k: {r.get("program") for r in v} for k, v in runs.items()}
         rows.append({"network": name, "batch": batch, "runs": runs, "best_ms": best,
-                     "after_over_before": best["after"] / best["before"]})
+                     "after_over_before": best["after"] / best["before"],
+                     "same_program": len(programs["before"] | programs["after"]) == 1})
     rev = subprocess.run(["git", "-C", str(args.before), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True).stdout.strip()
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "before": rev,
@@ -102,12 +110,15 @@ def main(argv: list[str] | None = None) -> None:
     lines = [f"# Train step, this checkout vs {rev} ({meta['date']})", "",
              f"One CPU device, `auto` modes, best of {args.rounds} alternating fresh processes × "
              f"{args.steps} steps; load average at the end {meta['loadavg']}. "
-             "`python -m benchmarks.step_ab --before=<checkout>`.", "",
-             "| network | batch | before (ms) | after (ms) | after ÷ before |",
-             "|---|---|---|---|---|"]
+             "`python -m benchmarks.step_ab --before=<checkout>`. \"same program\": the two "
+             "checkouts' train steps lower to the same StableHLO (source locations aside), so "
+             "any difference in time is the machine's.", "",
+             "| network | batch | before (ms) | after (ms) | after ÷ before | same program |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['network']} | {r['batch']} | {r['best_ms']['before']:.0f} | "
-                     f"{r['best_ms']['after']:.0f} | {r['after_over_before']:.2f} |")
+                     f"{r['best_ms']['after']:.0f} | {r['after_over_before']:.2f} | "
+                     f"{'yes' if r['same_program'] else 'no'} |")
     (RESULTS / "step_ab.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

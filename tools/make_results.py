@@ -252,9 +252,11 @@ def step_ab(d: dict) -> Lines:
             f"of each checkout: commit {d['before']} (before) and the checkout that ran the "
             f"benchmark on {d['date'][:10]} (after). The tool shows whether a change moved the "
             "step's time.", ""]
+    same = {True: "yes", False: "no", None: "not checked"}
     rows = [(r["network"], r["batch"], ms(r["best_ms"]["before"]), ms(r["best_ms"]["after"]),
-             f"{r['after_over_before']:.2f}") for r in d["rows"]]
-    out += table(("network", "batch", "before (ms)", "after (ms)", "after ÷ before"), rows)
+             f"{r['after_over_before']:.2f}", same[r.get("same_program")]) for r in d["rows"]]
+    out += table(("network", "batch", "before (ms)", "after (ms)", "after ÷ before",
+                  "same program (StableHLO)"), rows)
     return out
 
 
