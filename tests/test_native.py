@@ -100,7 +100,7 @@ def test_built_library_is_reused(tmp_path, monkeypatch):
 
     def no_compiler(*args, **kwargs):
         raise AssertionError("compiled again")
-    monkeypatch.setattr(native.subprocess, "run", no_compiler)
+    monkeypatch.setattr(native.build.subprocess, "run", no_compiler)
     assert native._build() == path
 
 

@@ -14,17 +14,14 @@ pure-XLA modes.
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
 import pathlib
-import platform
-import shutil
-import subprocess
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from igc_jax.igc.native import build
+from igc_jax.igc.native.build import NativeUnavailable
 
 SOURCE = pathlib.Path(__file__).with_name("igc_kernels.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
@@ -37,53 +34,10 @@ TARGETS = {"igc_primary_forward": "IgcPrimaryForward",
 SECONDARY_GROUPS = (1, 2, 4, 8)
 
 
-class NativeUnavailable(RuntimeError):
-    """The C++ kernel could not be built or loaded here."""
-
-
-def _cpu_model() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _library_path(compiler: str) -> pathlib.Path:
-    key = "\n".join([SOURCE.read_text(), compiler, " ".join(FLAGS), jax.__version__,
-                     jax.ffi.include_dir(), platform.machine(), _cpu_model()])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    cache = pathlib.Path(os.environ.get("IGC_JAX_NATIVE_CACHE",
-                                        pathlib.Path.home() / ".cache" / "igc_jax" / "native"))
-    return cache / f"igc_kernels-{digest}.so"
-
-
 def _build() -> pathlib.Path:
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not compiler:
-        raise NativeUnavailable("no C++ compiler found (set $CXX or install g++)")
-    path = _library_path(compiler)
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename: concurrent processes never load a half-written file.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-    os.close(fd)
-    cmd = [compiler, *FLAGS, "-isystem", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    except OSError as e:  # $CXX names no runnable program
-        os.unlink(tmp)
-        raise NativeUnavailable(f"cannot run the C++ compiler {compiler}: {e.strerror or e}")
-    if proc.returncode:
-        os.unlink(tmp)
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise NativeUnavailable(f"compiling {SOURCE.name} with {compiler} failed "
-                                f"(exit {proc.returncode}): {last}")
-    os.replace(tmp, path)
-    return path
+    """The kernels' library, built against this jaxlib's FFI headers (cached, `build.build`)."""
+    return build.build(SOURCE, FLAGS, key=(jax.__version__, jax.ffi.include_dir()),
+                       args=("-isystem", jax.ffi.include_dir()))
 
 
 @functools.cache
