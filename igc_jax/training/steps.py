@@ -66,18 +66,17 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
 
         def schedule(count):
             return rates[jnp.minimum((count + warmup) // steps_per_epoch, epochs)]
-        if warmup == 0:
-            return schedule
-        return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), schedule], [warmup])
-    if config.lr_schedule == "cifar":
-        boundaries = [int(num_steps * f) for f in (1 / 2, 3 / 4, 7 / 8)]
-    elif config.lr_schedule == "imagenet":
-        boundaries = list(range(30 * steps_per_epoch, num_steps, 30 * steps_per_epoch))
     else:
-        boundaries = []
-    # join_schedules restarts the count at the warmup's end: shift so decays stay at absolute steps.
-    schedule = optax.piecewise_constant_schedule(
-        lr, {b - warmup: 0.1 for b in boundaries if b > warmup})
+        if config.lr_schedule == "cifar":
+            boundaries = [int(num_steps * f) for f in (1 / 2, 3 / 4, 7 / 8)]
+        elif config.lr_schedule == "imagenet":
+            boundaries = list(range(30 * steps_per_epoch, num_steps, 30 * steps_per_epoch))
+        else:
+            boundaries = []
+        # join_schedules restarts the count at the warmup's end: shift so decays stay at
+        # absolute steps.
+        schedule = optax.piecewise_constant_schedule(
+            lr, {b - warmup: 0.1 for b in boundaries if b > warmup})
     if warmup == 0:
         return schedule
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), schedule], [warmup])
