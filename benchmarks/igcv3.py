@@ -188,9 +188,12 @@ def counts() -> list[dict]:
 
 # ----------------------------------------------------------------------------- training steps
 
-def jax_step_times(batch: int, size: int, warmup: int, steps: int) -> list[float]:
+def jax_step_times(batch: int, size: int, warmup: int, steps: int,
+                   depthwise: str = "auto") -> list[float]:
+    """Step times of igc-jax's IGCV3-D 1.0 with its depthwise convs in mode `depthwise`."""
     from benchmarks.run import make_train_step
-    model = models.build_model({"name": "igcv3", "width": 1.0}, num_classes=1000)
+    model = models.build_model({"name": "igcv3", "width": 1.0}, num_classes=1000,
+                               plan=depthwise)
     x = jax.random.normal(jax.random.key(1), (batch, size, size, 3), jnp.float32)
     y = jax.random.randint(jax.random.key(2), (batch,), 0, 1000)
     variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), x)
@@ -295,18 +298,27 @@ def markdown(r: dict) -> str:
               f"{s['jax']['steps']} steps after {s['warmup']} warm-up, one after another in one "
               "process.", "", "| implementation | median ms | best ms | images/s |",
               "|---|---|---|---|"]
-    for label, key in (("igc-jax (jit, XLA:CPU)", "jax"), ("pytorchcv igcv3_w1, NCHW", "torch"),
-                       ("pytorchcv igcv3_w1, channels-last", "torch_channels_last")):
+    labels = ((f"igc-jax, depthwise convs `{s.get('jax_depthwise_mode', 'grouped')}` (auto's "
+               "choice on CPU)", "jax"),
+              ("igc-jax, depthwise convs `grouped` (XLA's grouped convolution)", "jax_grouped"),
+              ("pytorchcv igcv3_w1, NCHW", "torch"),
+              ("pytorchcv igcv3_w1, channels-last", "torch_channels_last"))
+    for label, key in labels:
+        if key not in s:
+            continue
         t = s[key]
         lines.append(f"| {label} | {t['median_ms']:,.0f} | {t['best_ms']:,.0f} | "
                      f"{1e3 * s['batch'] / t['median_ms']:.1f} |")
     ratio = s["jax"]["median_ms"] / s["torch"]["median_ms"]
     lines += ["", f"igc-jax / pytorchcv (NCHW): {ratio:.2f}× the time per step.", ""]
+    if "jax_grouped" in s:
+        lines[-1:] = [f"`grouped` / `native` depthwise convs: "
+                      f"{s['jax_grouped']['median_ms'] / s['jax']['median_ms']:.2f}×.", ""]
     d = r["depthwise"]
     lines += [f"## One depthwise layer (112²×96, stride 2, batch {r['depthwise_batch']}), CPU", "",
-              "What the network runs (XLA's grouped convolution, `feature_group_count` = C) beside "
-              "the C++ primary-conv kernel of IGC mode `native` with one channel per group, which "
-              "the network does not use; best of 3 calls.", "",
+              "XLA's grouped convolution (`feature_group_count` = C, mode `grouped`) beside the "
+              "C++ primary-conv kernel of mode `native` with one channel per group; best of 3 "
+              "calls.", "",
               "| implementation | forward ms | forward + backward ms |", "|---|---|---|"]
     lines += [f"| {name} | {v['forward_ms']:.1f} | {v['forward_backward_ms']:.1f} |"
               for name, v in d.items()]
@@ -342,8 +354,14 @@ def main(argv=None) -> None:
         result["logits"][str(w)] = logit_errors(w)
         log(f"logits width {w}: {result['logits'][str(w)]}")
     step: dict[str, Any] = {"batch": batch, "size": size, "warmup": warmup}
-    step["jax"] = _median_ms(jax_step_times(batch, size, warmup, args.steps))
-    log(f"jax step: {step['jax']['median_ms']:.0f} ms")
+    from igc_jax.igc import native
+    step["jax"] = _median_ms(jax_step_times(batch, size, warmup, args.steps, "auto"))
+    step["jax_depthwise_mode"] = "native" if native.available() else "grouped"
+    log(f"jax step ({step['jax_depthwise_mode']} depthwise): {step['jax']['median_ms']:.0f} ms")
+    if step["jax_depthwise_mode"] != "grouped":
+        step["jax_grouped"] = _median_ms(jax_step_times(batch, size, warmup, args.steps,
+                                                        "grouped"))
+        log(f"jax step (grouped depthwise): {step['jax_grouped']['median_ms']:.0f} ms")
     step["torch"] = _median_ms(torch_step_times(batch, size, warmup, args.steps, False))
     log(f"torch step: {step['torch']['median_ms']:.0f} ms")
     step["torch_channels_last"] = _median_ms(torch_step_times(batch, size, warmup, args.steps,

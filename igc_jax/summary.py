@@ -28,6 +28,7 @@ from ml_collections import config_flags
 from igc_jax import models
 from igc_jax.cli import parse_absl_flags, reports_user_errors
 from igc_jax.errors import fail
+from igc_jax.igc.depthwise import DepthwiseConv
 from igc_jax.igc.layers import IGCConv
 from igc_jax.models.norm import BatchNorm
 
@@ -83,6 +84,9 @@ def _row(module: nn.Module, in_shape, out_shape, params) -> Row | None:
                    f"{_kernel(module.kernel_size, module.strides)} + 1×1",
                    f"L={module.L}, M={M}" + (" (sum)" if module.sum_fusion else ""), n,
                    (primary + secondary) * pixels)
+    if isinstance(module, DepthwiseConv):
+        return Row(name, "conv", in_shape, out_shape, _kernel(module.kernel_size, module.strides),
+                   str(out_shape[-1]), n, math.prod(params["kernel"].shape) * pixels)
     if isinstance(module, nn.Conv):
         return Row(name, "conv", in_shape, out_shape, _kernel(module.kernel_size, module.strides),
                    str(module.feature_group_count), n, math.prod(params["kernel"].shape) * pixels)

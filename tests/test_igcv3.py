@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from igc_jax import models, summary
-from igc_jax.igc import kfactor
+from igc_jax.igc import kfactor, native
 from igc_jax.igc.layers import layer_shapes
-from igc_jax.igc.select import ModeContext, ModePlan, decide
+from igc_jax.igc.select import ModeContext, decide
 from igc_jax.models import igcv3
 
 PUBLISHED = {1.0: 3_491_688, 0.75: 2_638_084, 0.5: 1_985_528, 0.25: 1_534_020}
@@ -108,12 +108,27 @@ def test_every_block_joins_every_channel_pair(width):
         assert not kfactor.at_least_one_path(kfactor.path_counts(b.c_in, no_shuffle))
 
 
-def test_no_igc_layer_for_auto_to_plan():
+def test_the_plan_holds_every_depthwise_conv_and_no_igc_layer():
+    """IGCV3's layers with a mode are its 32 depthwise convs (one per block); `auto` gives them
+    `native` on CPU where the kernels built, `grouped` elsewhere; an IGC-only mode leaves them to
+    auto's rule, a mode they have is theirs."""
     model = models.build_model({"name": "igcv3", "width": 0.25}, num_classes=10, plan="grouped")
     shapes = layer_shapes(model, (32, 32, 3))
-    assert shapes == {}
-    for context in (ModeContext("cpu", native=False), ModeContext("tpu")):
-        assert decide(shapes.values(), "auto", context) == ModePlan("auto")
+    assert len(shapes) == len(igcv3.layout(0.25).blocks()) == 32
+    assert all(s.depthwise and s.L == s.C_in == s.C and path.endswith("_depthwise")
+               for path, s in shapes.items())
+    assert shapes["stage2_unit1_depthwise"].strides == (2, 2)
+    assert shapes["stage2_unit1_depthwise"].size == (16, 16)
+    cases = {("auto", ModeContext("cpu", native=True)): "native",
+             ("auto", ModeContext("cpu", native=False)): "grouped",
+             ("auto", ModeContext("tpu")): "grouped",
+             ("split", ModeContext("cpu", native=True)): "native",
+             ("composed", ModeContext("gpu")): "grouped",
+             ("grouped", ModeContext("cpu", native=True)): "grouped",
+             ("native", ModeContext("cpu", native=True)): "native"}
+    for (conv_mode, context), mode in cases.items():
+        plan = decide(shapes.values(), conv_mode, context)
+        assert {plan.mode(s) for s in shapes.values()} == {mode}, (conv_mode, context)
 
 
 def test_forward_train_and_eval_and_bfloat16():
@@ -214,8 +229,8 @@ def test_logits_equal_pytorchcv_with_the_same_weights(width):
 def test_trains_on_two_devices_checkpoints_and_resumes(tmp_path):
     """`python -m igc_jax.main` with IGCV3-D 0.25 and the IGCV3 recipe (exponential schedule,
     mxnet_xavier) on the bundled digits, the batch split over 2 devices (global BatchNorm over
-    them): 4 steps with a checkpoint at 2, then on to 6 from the checkpoint at 4. No IGC layer, so
-    no computation mode is planned."""
+    them): 4 steps with a checkpoint at 2, then on to 6 from the checkpoint at 4. The planned
+    modes are the depthwise convs' (no IGC layer)."""
     from run_utils import QUICKSTART, run_main, status, train_losses
 
     config = tmp_path / "igcv3_digits.py"
@@ -234,7 +249,9 @@ def test_trains_on_two_devices_checkpoints_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     st = status(wd)
     assert st["status"] == "finished" and st["step"] == 4
-    assert st["conv_modes"]["layers"] == {}
+    modes = st["conv_modes"]["layers"]  # every depthwise conv, by auto's CPU rule
+    assert len(modes) == 32 and all(path.endswith("_depthwise") for path in modes)
+    assert set(modes.values()) == {"native" if native.available() else "grouped"}
     second = run_main(wd, "--config.num_train_steps=6", devices=2, config=config)
     assert second.returncode == 0, second.stderr[-3000:]
     assert status(wd)["step"] == 6

@@ -4,7 +4,8 @@ It holds exactly two parameters, the compact grouped kernels of the primary (khÃ
 secondary (1Ã—1, M groups) convolutions, and computes the layer with the mode it is given, one of
 `igc_jax.igc.modes` (a network's modes come from its `select.ModePlan`); `auto` applies
 `igc_jax.igc.select`'s rules in this process's context. `layer_shapes` lists a network's IGC
-layers from shapes alone, which is what a plan is decided from.
+layers (and depthwise convs, `igc_jax.igc.depthwise`) from shapes alone, which is what a plan is
+decided from.
 """
 from __future__ import annotations
 
@@ -135,7 +136,8 @@ class IGCConv(nn.Module):
 
 
 def layer_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, LayerShape]:
-    """{layer path: layer shape} of every IGCConv in `model`, from shapes alone.
+    """{layer path: layer shape} of every layer in `model` that has a computation mode (IGCConv,
+    `depthwise.DepthwiseConv`: a module with a `layer_shape` method), from shapes alone.
 
     Runs `model.init` under `jax.eval_shape` (nothing compiles, no arrays are made) and records
     each IGC layer's input. A network's shapes do not depend on its modes: build `model` with an
@@ -146,7 +148,7 @@ def layer_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, La
 
     def interceptor(next_fun, args, kwargs, ctx):
         module = ctx.module
-        if isinstance(module, IGCConv) and ctx.method_name == "__call__":
+        if hasattr(type(module), "layer_shape") and ctx.method_name == "__call__":
             found["/".join(module.path)] = module.layer_shape(args[0].shape)
         return next_fun(*args, **kwargs)
 

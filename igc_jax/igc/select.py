@@ -23,6 +23,11 @@ The rules, each from `benchmarks/results/cpu.md` (forward + backward, 2-core CPU
 - CPU, without them: `split` (one dense conv per group) for at most SPLIT_MAX_GROUPS groups; for
   more groups (L100M2) `taps` when its fusions have at most TAPS_MAX_TERMS terms (L100M2 stage 1
   273 ms vs `composed` 564; stage 4 65 vs 625), else `composed`.
+
+Depthwise convolutions (IGCV3's 3×3 middle conv, `igc_jax.igc.depthwise`: a primary conv with one
+channel per group and no secondary) have two modes, DEPTHWISE_MODES. The rule: `native` on CPU
+where the C++ kernels built (one 112²×96 stride-2 layer, batch 8, forward + backward: 45.5 ms
+against XLA's grouped convolution's 1,165 ms, benchmarks/results/igcv3.md), else `grouped`.
 """
 from __future__ import annotations
 
@@ -44,11 +49,17 @@ TAPS_MAX_TERMS = 72
 # start's 4×4 and 2×2 layers are measured (native faster over a whole run); IGC-L4M8's 8×8 stage 3
 # is not (split 14.5 vs native 46.8 ms per fwd+bwd, cpu.md).
 NATIVE_ANY_MAX_PIXELS = 16
+# The modes of a depthwise conv: XLA's grouped convolution, or the native primary-conv kernel.
+DEPTHWISE_MODES = ("grouped", "native")
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerShape:
-    """What `select_mode` looks at: the layer's groups, widths, kernel and stride."""
+    """What `select_mode` looks at: the layer's groups, widths, kernel and stride.
+
+    depthwise: a depthwise conv (L = C_in = C groups of one channel, M = 1, no secondary conv),
+    not an IGC layer.
+    """
     L: int
     M: int
     C_in: int
@@ -56,10 +67,14 @@ class LayerShape:
     kernel: tuple[int, int] = (3, 3)
     strides: tuple[int, int] = (1, 1)
     size: tuple[int, int] | None = None  # the input's (H, W), where known
+    depthwise: bool = False
 
     def describe(self) -> str:
         s = f", stride {self.strides[0]}" if self.strides != (1, 1) else ""
-        return f"{self.C_in}→{self.C} L{self.L} M{self.M} {self.kernel[0]}×{self.kernel[1]}{s}"
+        k = f"{self.kernel[0]}×{self.kernel[1]}"
+        if self.depthwise:
+            return f"depthwise {self.C} {k}{s}"
+        return f"{self.C_in}→{self.C} L{self.L} M{self.M} {k}{s}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +126,8 @@ def select_mode(shape: LayerShape, context: ModeContext) -> str:
     """The mode `auto` uses for one layer shape in one context (the rules of the module doc)."""
     if context.backend != "cpu":
         return "grouped"
+    if shape.depthwise:
+        return "native" if context.native else "grouped"
     if context.native and (native_in_registers(shape) or shape.L > SPLIT_MAX_GROUPS
                            or tiny_input(shape)):
         return "native"
@@ -152,12 +169,20 @@ class ModePlan:
         return cls(d["default"], tuple((shape(s), m) for s, m in d["by_shape"]))
 
 
+def depthwise_mode(conv_mode: str, shape: LayerShape, context: ModeContext) -> str:
+    """A depthwise conv's mode under `conv_mode`: the same mode where it is one of
+    DEPTHWISE_MODES, else (`auto`, or a mode only IGC layers have) `auto`'s rule."""
+    return conv_mode if conv_mode in DEPTHWISE_MODES else select_mode(shape, context)
+
+
 def decide(shapes: Iterable[LayerShape], conv_mode: str, context: ModeContext) -> ModePlan:
-    """The plan for a network with these layer shapes: one mode for all (an explicit
-    `conv_mode`), or `auto`'s rules applied to each distinct shape in `context`."""
-    if conv_mode != "auto":
-        return ModePlan(default=conv_mode)
+    """The plan for a network with these layer shapes: one mode for every IGC layer (an
+    explicit `conv_mode`), or `auto`'s rules applied to each distinct shape in `context`; each
+    depthwise conv's shape gets `depthwise_mode`."""
     distinct = dict.fromkeys(shapes)
+    if conv_mode != "auto":
+        return ModePlan(default=conv_mode, by_shape=tuple(
+            (s, depthwise_mode(conv_mode, s, context)) for s in distinct if s.depthwise))
     return ModePlan(default=conv_mode,
                     by_shape=tuple((s, select_mode(s, context)) for s in distinct))
 

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from igc_jax.igc.depthwise import DepthwiseConv, depthwise_shape
 from igc_jax.igc.layers import IGCConv, he_normal, igc_layer_shape, same_padding
 from igc_jax.igc.select import ModePlan
 from igc_jax.models.norm import BatchNorm
@@ -88,6 +89,15 @@ def conv(x, features: int, kernel: int, strides: int, *, name: str, groups: int 
     return conv_type(features, (kernel, kernel), strides=(strides, strides),
                      padding=same_padding((kernel, kernel)), feature_group_count=groups,
                      use_bias=False, kernel_init=conv_init(init), dtype=dtype, name=name)(x)
+
+
+def depthwise(x, strides: int, *, compute: Compute, name: str, init: str = "he_normal",
+              dtype: Any = jnp.float32):
+    """3×3 depthwise conv, no bias, padding 1 (IGCV3); computed by the mode its shape has in
+    `compute.plan`. Its parameter is the `kernel` a `conv(..., groups=C)` would have."""
+    shape = depthwise_shape(x.shape, (3, 3), (strides, strides))
+    return DepthwiseConv(strides=(strides, strides), mode=compute.plan.mode(shape),
+                         kernel_init=conv_init(init), dtype=dtype, name=name)(x)
 
 
 def igc(x, features: int, strides: int, *, L: int, M: int, sum_fusion: bool, compute: Compute,

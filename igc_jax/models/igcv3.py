@@ -6,8 +6,9 @@ Stem: 3×3 stride-2 conv to 32 → BN → ReLU6. Seven stages (t, c, n, s) of n 
 stride s on the first block → BN → ReLU6 → 1×1 group conv in 2 groups to c → BN (linear), and
 the identity added on blocks 2…n of a stage (never on the first). The expansion is kept at t = 1.
 Head: 1×1 conv to 1280 → BN → ReLU6 → global average pool → dense with bias. BatchNorm eps 1e-5.
-No IGC layer: nothing here has a computation mode (`layer_shapes` finds none, so `auto` and the
-`ModePlan` leave the network alone).
+No IGC layer; the depthwise convs are the layers with a computation mode (`blocks.depthwise`:
+`grouped`, or `native`, which `auto` picks on CPU where the C++ kernels built), from the
+network's `ModePlan` like IGC layers' modes.
 
 Widths (`layout`): pytorchcv's rule, the one behind its published igcv3_w1 / w3d4 / wd2 / wd4
 parameter counts: every stage width and the stem become make_even(int(c·w)); the head stays
@@ -131,8 +132,8 @@ class IGCV3(nn.Module):
                 name = f"stage{s}_unit{u}"
                 y = self._conv(x, b.expanded, 1, 1, f"{name}_expand", groups=GROUPS)
                 y = kernels.shuffle(self._bn(y, f"{name}_expand_bn", train), GROUPS)
-                y = self._conv(y, b.expanded, 3, b.stride, f"{name}_depthwise",
-                               groups=b.expanded)
+                y = blocks.depthwise(y, b.stride, compute=self.compute, name=f"{name}_depthwise",
+                                     init=self.init_scheme, dtype=self.dtype)
                 y = relu6(self._bn(y, f"{name}_depthwise_bn", train))
                 y = self._conv(y, b.c_out, 1, 1, f"{name}_linear", groups=GROUPS)
                 y = self._bn(y, f"{name}_linear_bn", train)

@@ -119,19 +119,23 @@ def plan_modes(config: ml_collections.ConfigDict, input_shape: tuple[int, ...],
     process's device (`autotune`, and `auto` on GPU/TPU: `autotune.measures`) at the per-device
     share of `batch_size` (default config.batch_size), on process 0 only, its plan shared with
     every process; or `auto`'s rules for each shape in `context` (also where nothing can run:
-    `can_measure` False, compile-only devices)."""
+    `can_measure` False, compile-only devices). Depthwise convs are never measured: they get
+    `select.depthwise_mode`."""
     shapes = layer_shapes(make_model(config, ModePlan("grouped")), input_shape)
     rules = "auto" if config.conv_mode == "autotune" else config.conv_mode
-    if not (shapes and can_measure and autotune.measures(config.conv_mode, context.backend)):
+    igc_shapes = [s for s in shapes.values() if not s.depthwise]
+    if not (igc_shapes and can_measure and autotune.measures(config.conv_mode, context.backend)):
         plan = select.decide(shapes.values(), rules, context)
         return PlannedModes(plan, select.layer_modes(shapes, plan))
     text = ""
     if jax.process_index() == 0:
         batch = max((batch_size or config.batch_size) // jax.device_count(), 1)
-        plan, tuned = autotune.tune(shapes.values(), config.dtype, batch, context)
+        plan, tuned = autotune.tune(igc_shapes, config.dtype, batch, context)
         text = json.dumps({"plan": plan.to_json(), "tuned": [t.to_json() for t in tuned]})
     shared = json.loads(sharding.broadcast_text(text))
     plan = ModePlan.from_json(shared["plan"])
+    depthwise = select.decide([s for s in shapes.values() if s.depthwise], rules, context)
+    plan = dataclasses.replace(plan, by_shape=plan.by_shape + depthwise.by_shape)
     return PlannedModes(plan, select.layer_modes(shapes, plan), True, tuple(shared["tuned"]))
 
 
