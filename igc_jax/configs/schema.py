@@ -186,7 +186,8 @@ FIELDS: tuple[Field, ...] = (
           "how each IGC layer is computed, decided once per layer shape and logged: `auto` "
           "(CPU: the measured rules; GPU/TPU: timed on the device), `autotune` (timed on any "
           "backend, cached in $IGC_JAX_AUTOTUNE_DIR or ~/.cache/igc_jax/autotune), or one mode "
-          "of igc_jax.igc.modes for every layer"),
+          "of igc_jax.igc.modes for every layer; depthwise convs (IGCV3) take `grouped` or "
+          "`native` when named, else auto's rule (native on CPU where built)"),
     Field("log_every_steps", 100, Integer(1), "training metrics every this many steps"),
     Field("eval_every_steps", 0, Integer(0), "test metrics every this many steps (0: every "
           "epoch)"),
