@@ -18,6 +18,7 @@ exists under --root, or when benchmarks/results/cifar_reference.json (this scrip
 committed) already holds its result; `--rerun` ignores the committed file. Each result records the
 commit it was measured at. Rerun the same command until the table is complete; the jobs run
 longest first (by their measured one-core durations), so the two cores finish together.
+`benchmarks/cifar_reference_igcv3.py` runs IGCV3-D the same way, through this file's `Suite`.
 Results (per-epoch test top-1, final, train images/s as the median over 50-step windows, so a
 paused machine does not bias it):
 benchmarks/results/cifar_reference.{json,md,png}.
@@ -25,12 +26,14 @@ benchmarks/results/cifar_reference.{json,md,png}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -70,11 +73,13 @@ def load_cifar10(data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
             np.concatenate([p["label"] for p in parts]), test["image"], test["label"])
 
 
-def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Pad PAD pixels of the mean colour FILL, a random 32×32 window, a random horizontal flip."""
+def augment(images: np.ndarray, rng: np.random.Generator,
+            fill: tuple[int, ...] = FILL) -> np.ndarray:
+    """Pad PAD pixels of the mean colour `fill`, a random 32×32 window, a random horizontal
+    flip."""
     n, h, w, c = images.shape
     padded = np.empty((n, h + 2 * PAD, w + 2 * PAD, c), np.uint8)
-    padded[...] = np.asarray(FILL, np.uint8)
+    padded[...] = np.asarray(fill, np.uint8)
     padded[:, PAD:PAD + h, PAD:PAD + w] = images
     dy, dx = rng.integers(0, 2 * PAD + 1, (2, n))
     flip = rng.random(n) < 0.5
@@ -83,9 +88,11 @@ def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def to_tensor(images: np.ndarray):
+def to_tensor(images: np.ndarray, norm: tuple[tuple[float, ...], ...] = (MEAN, STD)):
+    """(x − mean) / std per channel (`norm` = (mean, std)), NCHW channels-last."""
     import torch
-    x = (images.astype(np.float32) - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32)
+    mean, std = norm
+    x = (images.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
 
@@ -95,32 +102,54 @@ def learning_rate(step: int, num_steps: int) -> float:
     return LR * 0.1 ** sum(int(num_steps * f) <= step for f in DECAYS)
 
 
-def test_top1(model, x_test: np.ndarray, y_test: np.ndarray) -> float:
+def test_top1(model, x_test: np.ndarray, y_test: np.ndarray,
+              norm: tuple[tuple[float, ...], ...] = (MEAN, STD)) -> float:
     import torch
     model.eval()
     correct = 0
     with torch.no_grad():
         for i in range(0, len(x_test), 500):
-            logits = model(to_tensor(x_test[i:i + 500]))
+            logits = model(to_tensor(x_test[i:i + 500], norm))
             correct += int((logits.argmax(1).numpy() == y_test[i:i + 500]).sum())
     return correct / len(x_test)
+
+
+def torch_setup() -> None:
+    """One thread per core this job may use, and the seed every PyTorch job starts from (set
+    before the network is built: it draws the initial weights)."""
+    import torch
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.manual_seed(SEED)
 
 
 def torch_train(net: str, init: str, data_dir: Path, out: Path, epochs: int = EPOCHS) -> None:
     """Train the torch_peer network of `net` with the recipe above; resumes at its last epoch."""
     import torch
-    import torch.nn.functional as F
     from benchmarks import torch_peer
     from igc_jax.configs.networks import cifar_model
 
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
-    torch.manual_seed(SEED)
+    torch_setup()
     model = torch_peer.build(dict(cifar_model(net), init=init)).to(
         memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True,
                           weight_decay=WEIGHT_DECAY)
+    train_epochs(model, opt, lambda step, steps_per_epoch, num_steps: learning_rate(
+        step, num_steps), data_dir, out, epochs, BATCH, (MEAN, STD))
+
+
+def train_epochs(model, opt, lr: Callable[[int, int, int], float], data_dir: Path, out: Path,
+                 epochs: int, batch: int, norm: tuple[tuple[float, ...], ...]) -> None:
+    """The PyTorch training loop of every run here: `epochs` epochs of CIFAR-10 in batches of
+    `batch` (a new order each epoch, the remainder dropped, as igc-jax), augmented with the mean
+    colour of `norm` = (mean, std) and normalised by it, `lr(step, steps_per_epoch, num_steps)`
+    for each update; the test top-1 after every epoch to out/metrics.jsonl, and a checkpoint it
+    resumes from."""
+    import torch
+    import torch.nn.functional as F
+
+    fill = tuple(round(m) for m in norm[0])          # MXNet fill_value = round(mean_rgb)
     x_train, y_train, x_test, y_test = load_cifar10(data_dir)
-    steps_per_epoch = len(x_train) // BATCH
+    steps_per_epoch = len(x_train) // batch
     num_steps = epochs * steps_per_epoch
     out.mkdir(parents=True, exist_ok=True)
     ckpt, log = out / "checkpoint.pt", out / "metrics.jsonl"
@@ -140,9 +169,9 @@ def torch_train(net: str, init: str, data_dir: Path, out: Path, epochs: int = EP
         for i in range(steps_per_epoch):
             step = epoch * steps_per_epoch + i
             for group in opt.param_groups:
-                group["lr"] = learning_rate(step, num_steps)
-            idx = order[i * BATCH:(i + 1) * BATCH]
-            x = to_tensor(augment(x_train[idx], rng))
+                group["lr"] = lr(step, steps_per_epoch, num_steps)
+            idx = order[i * batch:(i + 1) * batch]
+            x = to_tensor(augment(x_train[idx], rng, fill), norm)
             y = torch.from_numpy(y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x), y)
@@ -151,9 +180,9 @@ def torch_train(net: str, init: str, data_dir: Path, out: Path, epochs: int = EP
             losses.append(loss.item())
             if (i + 1) % WINDOW == 0:
                 now = time.perf_counter()
-                rates.append(WINDOW * BATCH / (now - t))
+                rates.append(WINDOW * batch / (now - t))
                 t = now
-        record = dict(epoch=epoch + 1, test_top1=test_top1(model, x_test, y_test),
+        record = dict(epoch=epoch + 1, test_top1=test_top1(model, x_test, y_test, norm),
                       train_loss=float(np.mean(losses)), images_per_sec=float(np.median(rates)))
         with log.open("a") as f:
             f.write(json.dumps(record) + "\n")
@@ -179,13 +208,22 @@ def torch_result(out: Path, epochs: int) -> dict | None:
 
 # ----------------------------------------------------------------------------- igc-jax side
 
+def igc_jax_command(config: str, workdir: Path, data_dir: Path, epochs: int,
+                    overrides: dict[str, object]) -> list[str]:
+    """`python -m igc_jax.main --config=<config>` on the CIFAR-10 arrays of `data_dir` for
+    `epochs` epochs, seed SEED, train images/s logged every WINDOW steps, and the config fields
+    of `overrides` set."""
+    return [sys.executable, "-m", "igc_jax.main", f"--config={config}", f"--workdir={workdir}",
+            "--config.dataset.name=arrays", f"--config.dataset.data_dir={data_dir}",
+            f"--config.num_epochs={epochs}", f"--config.seed={SEED}",
+            f"--config.log_every_steps={WINDOW}",
+            *(f"--config.{field}={value}" for field, value in overrides.items())]
+
+
 def jax_command(net: str, init: str, data_dir: Path, workdir: Path, epochs: int) -> list[str]:
     """The README's CIFAR command with this benchmark's overrides."""
-    return [sys.executable, "-m", "igc_jax.main", f"--config={CONFIG}:{net}",
-            f"--workdir={workdir}", "--config.dataset.name=arrays",
-            f"--config.dataset.data_dir={data_dir}", f"--config.num_epochs={epochs}",
-            f"--config.batch_size={BATCH}", f"--config.model.init={init}",
-            f"--config.seed={SEED}", f"--config.log_every_steps={WINDOW}"]
+    return igc_jax_command(f"{CONFIG}:{net}", workdir, data_dir, epochs,
+                           {"batch_size": BATCH, "model.init": init})
 
 
 def jax_result(workdir: Path, epochs: int) -> dict | None:
@@ -204,11 +242,12 @@ def jax_result(workdir: Path, epochs: int) -> dict | None:
 
 # ----------------------------------------------------------------------------- the schedule
 
-def job_command(side: str, net: str, init: str, data_dir: Path, out: Path,
-                epochs: int) -> list[str]:
+def job_command(side: str, net: str, init: str, data_dir: Path, out: Path, epochs: int,
+                suite: Suite | None = None) -> list[str]:
+    suite = suite or IGCV1
     if side == "igc_jax":
-        return jax_command(net, init, data_dir, out, epochs)
-    return [sys.executable, "-m", "benchmarks.cifar_reference", "--torch_job", net, init,
+        return suite.jax_command(net, init, data_dir, out, epochs)
+    return [sys.executable, "-m", f"benchmarks.{suite.module}", "--torch_job", net, init,
             f"--data_dir={data_dir}", f"--out={out}", f"--epochs={epochs}"]
 
 
@@ -233,12 +272,13 @@ def result(side: str, out: Path, epochs: int) -> dict | None:
     return found
 
 
-def committed_results(epochs: int, path: Path = RESULTS / "cifar_reference.json") -> dict:
+def committed_results(epochs: int, path: Path = RESULTS / "cifar_reference.json",
+                      batch: int = BATCH) -> dict:
     """(side, net, init) -> result from this script's committed output, for the same recipe."""
     if not path.exists():
         return {}
     summary = json.loads(path.read_text())
-    if (summary["epochs"], summary["batch"], summary["seed"]) != (epochs, BATCH, SEED):
+    if (summary["epochs"], summary["batch"], summary["seed"]) != (epochs, batch, SEED):
         return {}
     return {(side, r["net"], r["init"]): dict(r[side], source=path.name)
             for r in summary["rows"] for side in SIDES if r.get(side)}
@@ -250,14 +290,15 @@ def job_result(job: tuple[str, str, str], root: Path, epochs: int, known: dict) 
 
 
 def run_jobs(jobs: list[tuple[str, str, str]], data_dir: Path, root: Path, epochs: int,
-             parallel: int, known: dict) -> None:
+             parallel: int, known: dict, suite: Suite | None = None) -> None:
     """Run the jobs without a result, longest first, `parallel` at a time, each pinned to its
     own cores."""
+    suite = suite or IGCV1
     cpus = sorted(os.sched_getaffinity(0))
     per_job = max(len(cpus) // parallel, 1)
     slots = [cpus[i * per_job:(i + 1) * per_job] or cpus for i in range(parallel)]
     pending = sorted((j for j in jobs if job_result(j, root, epochs, known) is None),
-                     key=lambda j: -MINUTES[j[0], j[1]])
+                     key=lambda j: -suite.minutes[j[0], j[1]])
     commit = git_commit()
     running: dict[int, tuple[subprocess.Popen, tuple, object]] = {}
     print(f"{len(pending)} of {len(jobs)} jobs to run, {parallel} at a time on cores {slots}",
@@ -270,7 +311,7 @@ def run_jobs(jobs: list[tuple[str, str, str]], data_dir: Path, root: Path, epoch
                 out.mkdir(parents=True, exist_ok=True)
                 if not (out / "commit").exists():
                     (out / "commit").write_text(commit + "\n")
-                cmd = job_command(*job, data_dir, out, epochs)
+                cmd = job_command(*job, data_dir, out, epochs, suite)
                 print(f"[core {slots[slot]}] start {out.name}: {' '.join(cmd)}", flush=True)
                 log = (out / "job.log").open("a")
                 proc = subprocess.Popen(
@@ -289,16 +330,18 @@ def run_jobs(jobs: list[tuple[str, str, str]], data_dir: Path, root: Path, epoch
 
 # ----------------------------------------------------------------------------- the report
 
-def report(root: Path, epochs: int, known: dict, out: Path = RESULTS) -> dict:
-    """Write cifar_reference.{json,md,png} from whatever results exist; returns the json."""
-    from igc_jax.configs.networks import cifar_model, network_name
+def report(root: Path, epochs: int, known: dict, out: Path = RESULTS,
+           suite: Suite | None = None) -> dict:
+    """Write <suite.module>.{json,md,png} from whatever results exist; returns the json."""
+    from igc_jax.configs.networks import network_name
     from igc_jax.models import build_model
     import jax
     import jax.numpy as jnp
 
+    suite = suite or IGCV1
     rows = []
-    for net, init in RUNS:
-        cfg = dict(cifar_model(net), init=init)
+    for net, init in suite.runs:
+        cfg = suite.model_config(net, init)
         variables = jax.eval_shape(lambda: build_model(cfg, num_classes=10).init(
             jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
         params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(variables["params"]))
@@ -306,11 +349,13 @@ def report(root: Path, epochs: int, known: dict, out: Path = RESULTS) -> dict:
         for side in SIDES:
             row[side] = job_result((side, net, init), root, epochs, known)
         rows.append(row)
-    summary = dict(epochs=epochs, batch=BATCH, seed=SEED, rows=rows, ordering=ordering(rows))
+    summary = dict(epochs=epochs, batch=suite.batch, seed=SEED, rows=rows)
+    if suite.ordering is not None:
+        summary["ordering"] = suite.ordering(rows)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cifar_reference.json").write_text(json.dumps(summary, indent=1))
-    (out / "cifar_reference.md").write_text(markdown(summary))
-    plot(rows, out / "cifar_reference.png")
+    (out / f"{suite.module}.json").write_text(json.dumps(summary, indent=1))
+    (out / f"{suite.module}.md").write_text(markdown(summary, suite))
+    plot(rows, out / f"{suite.module}.png", suite.plot_title)
     return summary
 
 
@@ -335,11 +380,17 @@ def provenance(res: dict) -> str:
     return commit + (f", reused from {res['source']}" if res.get("source") else "")
 
 
-def markdown(summary: dict) -> str:
-    lines = [f"CIFAR-10 (real), plain D=8, {summary['epochs']} epochs, batch {summary['batch']}, "
-             "the spec §4 recipe (mean-colour padding); igc-jax through its command line beside "
-             "the PyTorch peer (benchmarks/torch_peer.py), each job pinned to one core of this "
-             "shared 2-core machine. `python -m benchmarks.cifar_reference`.", "",
+def intro(summary: dict) -> str:
+    """The report's first paragraph: what ran, and the command."""
+    return (f"CIFAR-10 (real), plain D=8, {summary['epochs']} epochs, batch {summary['batch']}, "
+            "the spec §4 recipe (mean-colour padding); igc-jax through its command line beside "
+            "the PyTorch peer (benchmarks/torch_peer.py), each job pinned to one core of this "
+            "shared 2-core machine. `python -m benchmarks.cifar_reference`.")
+
+
+def markdown(summary: dict, suite: Suite | None = None) -> str:
+    suite = suite or IGCV1
+    lines = [suite.intro(summary), "",
              "| network | init | params | igc-jax final | PyTorch final | igc-jax − PyTorch "
              "| igc-jax img/s | PyTorch img/s |", "|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
@@ -363,14 +414,15 @@ def markdown(summary: dict) -> str:
         for side in SIDES:
             if r[side]:
                 lines.append(f"- {r['network']} ({r['init']}), {side}: {provenance(r[side])}")
-    lines += ["", "The paper's ordering, final top-1 (the RegConv nets under he_normal):", ""]
-    lines += [f"- {k}: {'not measured' if v is None else 'yes' if v else 'no'}"
-              for k, v in summary["ordering"].items()]
+    if "ordering" in summary:
+        lines += ["", "The paper's ordering, final top-1 (the RegConv nets under he_normal):", ""]
+        lines += [f"- {k}: {'not measured' if v is None else 'yes' if v else 'no'}"
+                  for k, v in summary["ordering"].items()]
     lines.append("")
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -381,8 +433,7 @@ def plot(rows: list[dict], path: Path) -> None:
                 acc = r[side]["test_top1"]
                 ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], style, color=f"C{i}",
                         label=f"{r['network']} {r['init']} ({side})")
-    ax.set(xlabel="epoch", ylabel="test top-1 (%)",
-           title="CIFAR-10, D=8: igc-jax (solid) vs PyTorch (dashed)")
+    ax.set(xlabel="epoch", ylabel="test top-1 (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -390,32 +441,63 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+# ----------------------------------------------------------------------------- the suites
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """What differs between the benchmarks of this kind (IGCV1's here, IGCV3's in
+    benchmarks/cifar_reference_igcv3.py); running, resuming and reporting the jobs is shared."""
+    module: str                 # `python -m benchmarks.<module>`, results/<module>.{json,md,png}
+    description: str            # --help's first line
+    runs: tuple[tuple[str, str], ...]           # (net, init): each trains on both SIDES
+    epochs: int
+    batch: int
+    minutes: dict[tuple[str, str], float]       # (side, net) -> one-core minutes, longest first
+    model_config: Callable[[str, str], dict]    # (net, init) -> igc-jax's model config
+    jax_command: Callable[[str, str, Path, Path, int], list[str]]
+    torch_train: Callable[[str, str, Path, Path, int], None]
+    intro: Callable[[dict], str]                # the report's first paragraph
+    plot_title: str
+    ordering: Callable[[list[dict]], dict] | None = None
+
+
+def cifar_model_config(net: str, init: str) -> dict:
+    from igc_jax.configs.networks import cifar_model
+    return dict(cifar_model(net), init=init)
+
+
+IGCV1 = Suite("cifar_reference", __doc__.splitlines()[0], RUNS, EPOCHS, BATCH, MINUTES,
+              cifar_model_config, jax_command, torch_train, intro,
+              "CIFAR-10, D=8: igc-jax (solid) vs PyTorch (dashed)", ordering)
+
+
+def main(argv: list[str] | None = None, suite: Suite = IGCV1) -> None:
+    p = argparse.ArgumentParser(description=suite.description)
     p.add_argument("--data_dir", type=Path, default=ROOT.parent / "shared" / "data" / "cifar10")
-    p.add_argument("--root", type=Path, default=ROOT / "runs" / "cifar_reference")
-    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--root", type=Path, default=ROOT / "runs" / suite.module)
+    p.add_argument("--epochs", type=int, default=suite.epochs)
     p.add_argument("--parallel", type=int, default=min(len(os.sched_getaffinity(0)), 2))
     p.add_argument("--report_only", action="store_true", help="write the results, run nothing")
     p.add_argument("--rerun", action="store_true",
-                   help="ignore the results in benchmarks/results/cifar_reference.json")
+                   help=f"ignore the results in benchmarks/results/{suite.module}.json")
     p.add_argument("--torch_job", nargs=2, metavar=("NET", "INIT"), help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.torch_job:
-        torch_train(*args.torch_job, args.data_dir.resolve(), args.out, args.epochs)
+        suite.torch_train(*args.torch_job, args.data_dir.resolve(), args.out, args.epochs)
         return
     if not (args.data_dir / "test.npz").exists():
         print(f"error: no CIFAR-10 arrays in {args.data_dir} (see ../shared/data/cifar10)",
               file=sys.stderr)
         raise SystemExit(2)
-    jobs = [(side, net, init) for net, init in RUNS for side in SIDES]
-    known = {} if args.rerun else committed_results(args.epochs)
+    jobs = [(side, net, init) for net, init in suite.runs for side in SIDES]
+    known = {} if args.rerun else committed_results(
+        args.epochs, RESULTS / f"{suite.module}.json", suite.batch)
     if not args.report_only:
         run_jobs(jobs, args.data_dir.resolve(), args.root.resolve(), args.epochs, args.parallel,
-                 known)
-    summary = report(args.root.resolve(), args.epochs, known)
-    print(markdown(summary))
+                 known, suite)
+    summary = report(args.root.resolve(), args.epochs, known, suite=suite)
+    print(markdown(summary, suite))
 
 
 if __name__ == "__main__":

@@ -112,10 +112,14 @@ def test_same_logits_gradients_and_running_statistics(arg):
         np.testing.assert_allclose(net(xt).numpy(), np.asarray(evaluated), rtol=2e-4, atol=2e-4)
 
 
-def test_sgd_nesterov_with_l2_matches_igc_jax_optimizer():
-    """torch.optim.SGD(nesterov, weight_decay) and igc-jax's make_optimizer over 40 updates of a
-    decaying schedule, from the same start and with the same gradients."""
-    c = configs.load_config("experiments/cifar10_igc.py:L24M2,D8")
+@pytest.mark.parametrize("config", ["experiments/cifar10_igc.py:L24M2,D8",
+                                    "experiments/cifar10_igcv3.py"])
+def test_sgd_with_l2_matches_igc_jax_optimizer(config):
+    """torch.optim.SGD(momentum, nesterov as the config says, weight_decay) and igc-jax's
+    make_optimizer over 40 updates of a decaying schedule, from the same start and with the same
+    gradients: the Nesterov recipe of benchmarks/cifar_reference.py and IGCV3's plain momentum
+    (benchmarks/cifar_reference_igcv3.py)."""
+    c = configs.load_config(config)
     schedule = steps.learning_rate_schedule(c, 5, 40)
     tx = steps.make_optimizer(c, schedule)
     rng = np.random.default_rng(0)
@@ -123,7 +127,7 @@ def test_sgd_nesterov_with_l2_matches_igc_jax_optimizer():
     grads = rng.standard_normal((40, 50)).astype(np.float32)
     params, state = jnp.asarray(w0), tx.init(jnp.asarray(w0))
     p = torch.nn.Parameter(torch.from_numpy(w0.copy()))
-    opt = torch.optim.SGD([p], lr=c.learning_rate, momentum=c.momentum, nesterov=True,
+    opt = torch.optim.SGD([p], lr=c.learning_rate, momentum=c.momentum, nesterov=c.nesterov,
                           weight_decay=c.weight_decay)
     for step, g in enumerate(grads):
         updates, state = tx.update(jnp.asarray(g), state, params)
