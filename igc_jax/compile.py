@@ -178,7 +178,8 @@ def format_report(r: dict[str, Any]) -> str:
     lines = [f"{r['network']} on {r['topology']} ({r['device_kind']}, {r['chips']} {chip}s, "
              f"{r['hosts']} host(s)): global batch {r['batch_size']} "
              f"({r['batch_size'] // r['chips']} per {chip}), eval {r['eval_batch_size']}, "
-             f"{r['dtype']}, IGC modes {r['conv_modes'] or 'none (no IGC layer)'}"]
+             f"{r['dtype']}, computation modes "
+             f"{r['conv_modes'] or 'none (no IGC layer or depthwise conv)'}"]
     for name in ("train", "eval"):
         s = r[name]
         m = s["memory_bytes"]

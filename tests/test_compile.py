@@ -217,10 +217,12 @@ def test_bad_input_is_one_line_and_exit_2():
 
 
 # The representative subset CI compiles (the whole matrix: benchmarks/tpu_compile.py): the
-# flagship ImageNet IGC net on a single-host and a multi-host slice, and the paper's CIFAR net.
+# flagship ImageNet IGC net on a single-host and a multi-host slice, the paper's CIFAR net, and
+# IGCV3 (its depthwise convs in XLA's grouped convs on TPU, the CPU-only native kernel never).
 CI_CONFIGS = [("experiments/imagenet_l16m16.py", "v5litepod-8"),
               ("experiments/imagenet_l16m16.py", "v4-32"),
-              ("experiments/cifar10_igc.py:L24M2,D20", "v4-8")]
+              ("experiments/cifar10_igc.py:L24M2,D20", "v4-8"),
+              ("experiments/cifar10_igcv3.py:0.25", "v5litepod-8")]
 
 
 @needs_libtpu
@@ -244,6 +246,8 @@ def test_experiment_compiles_and_fits_the_slice(config, topology, tmp_path):
     # Every IGC layer computes per device; the trainer's state (parameters, momentum and
     # BatchNorm statistics) is replicated, so every chip holds all of it as an argument.
     assert report["train"]["memory_bytes"]["arguments"] >= 2 * 4 * report["num_params"]
+    if "igcv3" in config:
+        assert report["conv_modes"] == {"grouped": 32}
 
 
 # GPU targets: hosts of 8 NVIDIA GPUs, compiled for by JAX's CUDA plugin (extra: gpu-compile).
