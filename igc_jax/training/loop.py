@@ -148,8 +148,8 @@ class SigtermFlag:
 
 def record_conv_modes(planned: steps.PlannedModes, context: select.ModeContext) -> dict:
     """Every IGC layer's and depthwise conv's computation mode (`steps.plan_modes`, decided
-    once, before any compile): logged once per distinct (layer shape, mode) and returned for status.json, with
-    the autotuner's timings when it measured."""
+    once, before any compile): logged once per distinct (layer shape, mode) and returned for
+    status.json, with the autotuner's timings when it measured."""
     by_layer = planned.layers
     if by_layer:
         counts: dict[tuple[str, str], int] = {}
