@@ -152,7 +152,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                   "Bisection over compiles, each step guided by a line through the measured "
                   "totals (`--max_batch`), stopped when the bracket (the largest batch that fits, "
                   "the smallest that does not) is one example per chip or "
-                  f"{TOLERANCE:.0%} wide; a search cut off by its compile cap is taken up again "
+                  f"{TOLERANCE:.0%} wide (IGC-L16M16 and IGC-L4M32 on v5litepod-8 were searched "
+                  "to 2%); a search cut off by its compile cap is taken up again "
                   "by the next run (`--max_batch_resume`). Where the compile cap came before any "
                   "batch that does not fit, the largest is a lower bound (≥). \"compiles\" "
                   "counts every compile of the search, the config's batch included.", "",
