@@ -122,6 +122,28 @@ def _collectives(step: dict[str, Any]) -> str:
            f"{moved} other"
 
 
+def consistent(search: dict[str, Any]) -> bool:
+    """Whether every batch the search compiled below its largest fit fits and every one above it
+    does not: memory is not monotone in the batch (the compiler's fusion and layout choices change
+    with it), so a bisection's bracket is only trustworthy where this holds."""
+    lo, budget = search["largest_fitting"], search["budget_bytes"]
+    return all((int(k) <= (lo or 0)) == (v <= budget)
+               for k, v in search["total_bytes_by_batch"].items())
+
+
+def monotone_note(searches: list[dict[str, Any]]) -> str:
+    """One sentence on whether the searches' compiles agree with their brackets."""
+    bad = [f"{r['config']} on {r['topology']}" for r in searches
+           if not consistent(r["max_batch"])]
+    if not bad:
+        return ("GB per chip is not monotone in the batch (the compiler's fusion and layout "
+                "choices change with it), but in every search below each batch compiled at or "
+                "under the largest that fits fit and each one above it did not.")
+    return ("GB per chip is not monotone in the batch; in " + ", ".join(bad) + " a batch under "
+            "the largest that fits did not fit, or one above it did: that bracket is one "
+            "boundary, not the only one.")
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [f"# Experiment configs compiled for TPU slices ({meta['date']})", "",
              f"jax {meta['jax']}, libtpu {meta['libtpu']}, on {meta['machine']} (no TPU): "
@@ -160,6 +182,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                   "| config | slice | config's batch | largest that fits (per chip) | "
                   "smallest that does not | compiles | GB per chip at each batch |",
                   "|---|---|---|---|---|---|---|"]
+        lines[-2:-2] = [monotone_note(searches), ""]
         for r in searches:
             b = r["max_batch"]
             bound = "" if b["smallest_not_fitting"] else "≥ "

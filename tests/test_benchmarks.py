@@ -190,3 +190,25 @@ def test_cifar_reference_reuses_only_results_of_the_same_recipe(tmp_path):
     (ref.job_dir(root, *job) / "result.json").write_text(json.dumps(mine))
     assert ref.job_result(job, root, 2, known) == mine
     assert "abc1234" in ref.provenance(mine) and "reused" in ref.provenance(known[job])
+
+
+def _search(totals: dict[int, float], largest: int) -> dict:
+    return {"largest_fitting": largest, "smallest_not_fitting": None, "budget_bytes": 10.0,
+            "total_bytes_by_batch": {str(k): v for k, v in totals.items()}}
+
+
+def test_tpu_report_flags_a_bracket_its_own_compiles_contradict():
+    """Memory is not monotone in the batch, so the report checks each search's compiles against
+    its bracket: a batch under the largest fit that did not fit (or one above it that did) makes
+    that bracket one boundary of several, and the report names it."""
+    from benchmarks import tpu_compile
+    clean = _search({8: 3.0, 16: 9.5, 24: 9.0, 32: 11.0}, largest=24)
+    dip = _search({8: 3.0, 16: 10.5, 24: 9.0, 32: 11.0}, largest=24)   # 16 over budget, 24 under
+    late = _search({8: 3.0, 24: 9.0, 32: 11.0, 40: 9.9}, largest=24)   # 40 under budget
+    assert tpu_compile.consistent(clean)
+    assert not tpu_compile.consistent(dip) and not tpu_compile.consistent(late)
+    rows = [{"config": "a.py", "topology": "v4-8", "max_batch": clean},
+            {"config": "b.py", "topology": "v4-8", "max_batch": dip}]
+    note = tpu_compile.monotone_note(rows)
+    assert "b.py on v4-8" in note and "a.py" not in note
+    assert "every search" in tpu_compile.monotone_note(rows[:1])
