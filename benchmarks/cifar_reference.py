@@ -45,7 +45,7 @@ RUNS = (("L24M2,D8", "he_normal"), ("W16,D8", "he_normal"), ("W18,D8", "he_norma
 SIDES = ("igc_jax", "pytorch")
 EPOCHS = 15
 BATCH = 128
-SEED = 0
+SEED = 0                        # the run's seed: `--seed` sets it (use_seed) before any job
 WINDOW = 50                     # steps per images/s window
 # Minutes per job on one core of this machine (measured), to run the longest jobs first.
 MINUTES = {("igc_jax", "L24M2,D8"): 61, ("pytorch", "L24M2,D8"): 70, ("igc_jax", "W16,D8"): 31,
@@ -57,6 +57,19 @@ FILL = tuple(round(m) for m in MEAN)            # MXNet fill_value = round(mean_
 PAD = 4
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 1e-4
 DECAYS = (1 / 2, 3 / 4, 7 / 8)
+
+
+def use_seed(seed: int) -> None:
+    """Make `seed` the seed of this process's jobs: igc-jax's `config.seed`, PyTorch's
+    initialisation and data order, and the seed its results file is kept under."""
+    global SEED
+    SEED = seed
+
+
+def results_name(suite: "Suite") -> str:
+    """The stem of the suite's results files: <module> for seed 0, <module>_seed<N> otherwise,
+    so a second seed adds files beside the first's instead of replacing them."""
+    return suite.module if SEED == 0 else f"{suite.module}_seed{SEED}"
 
 
 def job_dir(root: Path, side: str, net: str, init: str) -> Path:
@@ -248,7 +261,7 @@ def job_command(side: str, net: str, init: str, data_dir: Path, out: Path, epoch
     if side == "igc_jax":
         return suite.jax_command(net, init, data_dir, out, epochs)
     return [sys.executable, "-m", f"benchmarks.{suite.module}", "--torch_job", net, init,
-            f"--data_dir={data_dir}", f"--out={out}", f"--epochs={epochs}"]
+            f"--data_dir={data_dir}", f"--out={out}", f"--epochs={epochs}", f"--seed={SEED}"]
 
 
 def git_commit() -> str:
@@ -332,7 +345,7 @@ def run_jobs(jobs: list[tuple[str, str, str]], data_dir: Path, root: Path, epoch
 
 def report(root: Path, epochs: int, known: dict, out: Path = RESULTS,
            suite: Suite | None = None) -> dict:
-    """Write <suite.module>.{json,md,png} from whatever results exist; returns the json."""
+    """Write <results_name>.{json,md,png} from whatever results exist; returns the json."""
     from igc_jax.configs.networks import network_name
     from igc_jax.models import build_model
     import jax
@@ -353,9 +366,10 @@ def report(root: Path, epochs: int, known: dict, out: Path = RESULTS,
     if suite.ordering is not None:
         summary["ordering"] = suite.ordering(rows)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{suite.module}.json").write_text(json.dumps(summary, indent=1))
-    (out / f"{suite.module}.md").write_text(markdown(summary, suite))
-    plot(rows, out / f"{suite.module}.png", suite.plot_title)
+    name = results_name(suite)
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=1))
+    (out / f"{name}.md").write_text(markdown(summary, suite))
+    plot(rows, out / f"{name}.png", suite.plot_title)
     return summary
 
 
@@ -390,7 +404,8 @@ def intro(summary: dict) -> str:
 
 def markdown(summary: dict, suite: Suite | None = None) -> str:
     suite = suite or IGCV1
-    lines = [suite.intro(summary), "",
+    seed = summary.get("seed", 0)
+    lines = [suite.intro(summary) + (f" Seed {seed} (`--seed={seed}`)." if seed else ""), "",
              "| network | init | params | igc-jax final | PyTorch final | igc-jax − PyTorch "
              "| igc-jax img/s | PyTorch img/s |", "|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
@@ -474,15 +489,23 @@ IGCV1 = Suite("cifar_reference", __doc__.splitlines()[0], RUNS, EPOCHS, BATCH, M
 def main(argv: list[str] | None = None, suite: Suite = IGCV1) -> None:
     p = argparse.ArgumentParser(description=suite.description)
     p.add_argument("--data_dir", type=Path, default=ROOT.parent / "shared" / "data" / "cifar10")
-    p.add_argument("--root", type=Path, default=ROOT / "runs" / suite.module)
+    p.add_argument("--root", type=Path, help="run directories (default runs/<results name>)")
     p.add_argument("--epochs", type=int, default=suite.epochs)
     p.add_argument("--parallel", type=int, default=min(len(os.sched_getaffinity(0)), 2))
     p.add_argument("--report_only", action="store_true", help="write the results, run nothing")
     p.add_argument("--rerun", action="store_true",
-                   help=f"ignore the results in benchmarks/results/{suite.module}.json")
+                   help=f"ignore the results in benchmarks/results/{suite.module}.json (or "
+                        "its seed's file)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="every job's seed; a seed other than 0 writes "
+                        f"benchmarks/results/{suite.module}_seed<N>.{{json,md,png}}")
     p.add_argument("--torch_job", nargs=2, metavar=("NET", "INIT"), help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.seed < 0:
+        print(f"error: --seed must be 0 or more, not {args.seed}", file=sys.stderr)
+        raise SystemExit(2)
+    use_seed(args.seed)
     if args.torch_job:
         suite.torch_train(*args.torch_job, args.data_dir.resolve(), args.out, args.epochs)
         return
@@ -491,12 +514,12 @@ def main(argv: list[str] | None = None, suite: Suite = IGCV1) -> None:
               file=sys.stderr)
         raise SystemExit(2)
     jobs = [(side, net, init) for net, init in suite.runs for side in SIDES]
+    root = (args.root or ROOT / "runs" / results_name(suite)).resolve()
     known = {} if args.rerun else committed_results(
-        args.epochs, RESULTS / f"{suite.module}.json", suite.batch)
+        args.epochs, RESULTS / f"{results_name(suite)}.json", suite.batch)
     if not args.report_only:
-        run_jobs(jobs, args.data_dir.resolve(), args.root.resolve(), args.epochs, args.parallel,
-                 known, suite)
-    summary = report(args.root.resolve(), args.epochs, known, suite=suite)
+        run_jobs(jobs, args.data_dir.resolve(), root, args.epochs, args.parallel, known, suite)
+    summary = report(root, args.epochs, known, suite=suite)
     print(markdown(summary, suite))
 
 

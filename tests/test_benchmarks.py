@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import math
+import tempfile
 import types
+from pathlib import Path
 
 import jax.numpy as jnp
 import pytest
@@ -190,6 +192,31 @@ def test_cifar_reference_reuses_only_results_of_the_same_recipe(tmp_path):
     (ref.job_dir(root, *job) / "result.json").write_text(json.dumps(mine))
     assert ref.job_result(job, root, 2, known) == mine
     assert "abc1234" in ref.provenance(mine) and "reused" in ref.provenance(known[job])
+
+
+def test_cifar_reference_seed_reaches_both_sides_and_its_own_results_file(monkeypatch):
+    """`--seed=N` is igc-jax's config.seed and the PyTorch job's seed, and its results go beside
+    seed 0's (never over them); results of another seed are not reused."""
+    import json
+
+    from benchmarks import cifar_reference as ref
+
+    monkeypatch.setattr(ref, "SEED", ref.SEED)      # restored after the test
+    ref.use_seed(3)
+    jax_cmd = ref.job_command("igc_jax", "W16,D8", "he_normal", Path("/d"), Path("/o"), 2)
+    torch_cmd = ref.job_command("pytorch", "W16,D8", "he_normal", Path("/d"), Path("/o"), 2)
+    assert "--config.seed=3" in jax_cmd and "--seed=3" in torch_cmd
+    assert ref.results_name(ref.IGCV1) == "cifar_reference_seed3"
+    done = dict(test_top1=[0.5, 0.6], final=0.6, images_per_sec=100.0)
+    summary = dict(epochs=2, batch=ref.BATCH, seed=0, rows=[
+        dict(net="W16,D8", init="he_normal", igc_jax=done, pytorch=None)])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cifar_reference.json"
+        path.write_text(json.dumps(summary))
+        assert ref.committed_results(2, path) == {}
+        ref.use_seed(0)
+        assert ref.results_name(ref.IGCV1) == "cifar_reference"
+        assert ref.committed_results(2, path) != {}
 
 
 def _search(totals: dict[int, float], largest: int) -> dict:

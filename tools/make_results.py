@@ -7,8 +7,8 @@ Each `benchmarks/results/<name>.json` has its own shape, so each has a small for
 (`FORMATTERS`) that picks its headline numbers and names the file beside its table; the full
 report of each is the `.md` its benchmark writes next to it. A `.json` without a formatter is
 listed at the end, so a new result shows up (and `--check` fails) until it gets one. The TPU
-compile matrix (`tpu_compile*`) is written by a long-running benchmark as it goes: it is linked,
-not read. tests/test_docs.py runs `--check`.
+compile matrix (`tpu_compile.json`) gets its own section at the end. tests/test_docs.py runs
+`--check`.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RESULTS_DOC = ROOT / "docs" / "results.md"
 REL = "../benchmarks/results"          # docs/results.md → benchmarks/results
-# Files written while a benchmark runs (benchmarks/tpu_compile.py): linked, never read here.
-# Written as their scripts go (hours of compiles): linked, not read, so the doc stays current.
+# Not formatted as the others: tpu_compile.json has its own section (`tpu_compile()`), and
+# tpu_layer_modes (the TPU cost model's estimates) is linked, not read.
 LINKED_ONLY_PREFIX = ("tpu_compile", "tpu_layer_modes")
 # Computation modes that some results files still have a column for but igc-jax no longer has.
 RETIRED_MODES = frozenset({"shift"})
@@ -133,6 +133,23 @@ def cifar_reference(d: dict) -> Lines:
     out += ["", "`tests/test_torch_peer.py` copies igc-jax's parameters into these PyTorch nets "
             "and checks that logits, gradients, running statistics, evaluation logits and the "
             "SGD-Nesterov + L2 update agree."]
+    return out
+
+
+def cifar_reference_igcv3(d: dict) -> Lines:
+    out = ["## IGCV3 in igc-jax against PyTorch on real CIFAR-10", ""]
+    out += source("cifar_reference_igcv3.json", "python -m benchmarks.cifar_reference_igcv3")
+    out += [f"IGCV3-D (`experiments/cifar10_igcv3.py`) in igc-jax and pytorchcv's `igcv3_w1`: the "
+            f"config's official recipe with its 480-epoch exponential schedule compressed into "
+            f"{d['epochs']} epochs, batch {d['batch']}, one job per core, side by side; one seed "
+            "a side, so a gap of this size is not attributable to either implementation.", ""]
+    rows = [(r["network"], f"`{r['init']}`", num(r["params"]), pct(r["igc_jax"]["final"]),
+             pct(r["pytorch"]["final"]),
+             f"{100 * (r['igc_jax']['final'] - r['pytorch']['final']):+.2f}",
+             f"{r['igc_jax']['images_per_sec']:.0f}", f"{r['pytorch']['images_per_sec']:.0f}")
+            for r in d["rows"]]
+    out += table(("network", "init", "params", "igc-jax top-1", "PyTorch top-1",
+                  "difference (points)", "igc-jax img/s", "PyTorch img/s"), rows)
     return out
 
 
@@ -463,6 +480,7 @@ def autotune_cpu(d: dict) -> Lines:
 FORMATTERS: dict[str, Callable[[dict], Lines]] = {
     "quickstart.json": quickstart,
     "cifar_reference.json": cifar_reference,
+    "cifar_reference_igcv3.json": cifar_reference_igcv3,
     "cifar10_budget.json": cifar10_budget,
     "cpu.json": cpu,
     "layer_modes.json": layer_modes,
@@ -507,15 +525,38 @@ def two_epoch_run() -> Lines:
 
 
 def tpu_compile() -> Lines:
-    return ["## The experiment configs compiled for TPU slices", "",
-            f"[`benchmarks/results/tpu_compile.md`]({REL}/tpu_compile.md), written by "
-            "`python -m benchmarks.tpu_compile` as it goes (every experiment config compiled for "
-            "its slices, with largest-batch searches), holds what is measured so far; "
-            "[docs/tpu.md](tpu.md) says how to compile a config for a slice yourself.", "",
+    """The compile matrix's headline: how many configs fit their slices, and the largest batch
+    of each ImageNet config (the full table is the benchmark's report)."""
+    out = ["## The experiment configs compiled for TPU slices", ""]
+    path = RESULTS / "tpu_compile.json"
+    if path.exists():
+        d = json.loads(path.read_text())
+        rows = d["rows"]
+        out += source("tpu_compile.json", "python -m benchmarks.tpu_compile")
+        out += [f"jax {d['jax']}, libtpu {d['libtpu']}, no TPU: the real TPU compiler's memory "
+                f"analysis. {sum(r['fits'] for r in rows)} of {len(rows)} (config, slice) pairs "
+                "fit at the config's own batch; the largest global batch whose train step fits "
+                "(bracketed by compiles; per chip in brackets):", ""]
+        slices = list(dict.fromkeys(r["topology"] for r in rows if "max_batch" in r))
+        found = {(r["network"], r["topology"]): r for r in rows if "max_batch" in r}
+        nets = list(dict.fromkeys(n for n, _ in found))
+
+        def cell(r: dict | None) -> str:
+            if r is None:
+                return "not searched"
+            b = r["max_batch"]
+            bound = "" if b["smallest_not_fitting"] else "≥ "
+            return (f"{bound}{b['largest_fitting']:,} ({b['largest_fitting'] // r['chips']:,})"
+                    if b["largest_fitting"] else "none")
+        out += table(("network", *slices), [(n, *(cell(found.get((n, s))) for s in slices))
+                                            for n in nets])
+        out += [""]
+    out += ["[docs/tpu.md](tpu.md) says how to compile a config for a slice yourself.", "",
             "**Estimates, not measurements:** the TPU compiler's cost model per IGC mode for the "
             f"paper's layer shapes, [`benchmarks/results/tpu_layer_modes.md`]({REL}/"
             "tpu_layer_modes.md) (`python -m benchmarks.tpu_layer_modes`); on a TPU, "
             "`conv_mode=auto` measures instead."]
+    return out
 
 
 def results_doc() -> str:
