@@ -27,6 +27,9 @@ REL = "../benchmarks/results"          # docs/results.md → benchmarks/results
 # Not formatted as the others: tpu_compile.json has its own section (`tpu_compile()`), and
 # tpu_layer_modes (the TPU cost model's estimates) is linked, not read.
 LINKED_ONLY_PREFIX = ("tpu_compile", "tpu_layer_modes")
+# Further seeds of a benchmark, folded into its seed-0 file's section.
+IGCV3_SEEDS = "cifar_reference_igcv3_seed"
+FOLDED_PREFIX = (IGCV3_SEEDS,)
 # Computation modes that some results files still have a column for but igc-jax no longer has.
 RETIRED_MODES = frozenset({"shift"})
 
@@ -100,6 +103,21 @@ def quickstart(d: dict) -> Lines:
     return out
 
 
+PAIR_HEADER = ("network", "init", "params", "igc-jax top-1", "PyTorch top-1",
+               "difference (points)", "igc-jax img/s", "PyTorch img/s")
+
+
+def pair_row(r: dict) -> tuple:
+    """One network trained by both implementations: finals, their difference, and images/s
+    where the two jobs ran side by side (same commit and source; speeds differ by session)."""
+    a, b = r["igc_jax"], r["pytorch"]
+    together = (a.get("commit"), a.get("source")) == (b.get("commit"), b.get("source"))
+    speed = ((f"{a['images_per_sec']:.0f}", f"{b['images_per_sec']:.0f}") if together
+             else ("–", "–"))
+    return (r["network"], f"`{r['init']}`", num(r["params"]), pct(a["final"]), pct(b["final"]),
+            f"{100 * (a['final'] - b['final']):+.2f}", *speed)
+
+
 def cifar_reference(d: dict) -> Lines:
     out = ["## igc-jax against PyTorch on real CIFAR-10", ""]
     out += source("cifar_reference.json", "python -m benchmarks.cifar_reference")
@@ -109,16 +127,7 @@ def cifar_reference(d: dict) -> Lines:
             "initialisation or PyTorch's default. Images/s (one core each) are shown for the "
             "pairs whose two jobs ran side by side, in one session: the machine's speed "
             "differs between sessions.", ""]
-    rows = []
-    for r in d["rows"]:
-        a, b = r["igc_jax"], r["pytorch"]
-        together = (a.get("commit"), a.get("source")) == (b.get("commit"), b.get("source"))
-        speed = ((f"{a['images_per_sec']:.0f}", f"{b['images_per_sec']:.0f}") if together
-                 else ("–", "–"))
-        rows.append((r["network"], f"`{r['init']}`", num(r["params"]), pct(a["final"]),
-                     pct(b["final"]), f"{100 * (a['final'] - b['final']):+.2f}", *speed))
-    out += table(("network", "init", "params", "igc-jax top-1", "PyTorch top-1",
-                  "difference (points)", "igc-jax img/s", "PyTorch img/s"), rows)
+    out += table(PAIR_HEADER, [pair_row(r) for r in d["rows"]])
     # "igc_jax/he_normal: IGC-L24M2 >= RegConv-W16" -> {("igc_jax/he_normal"): {W16: bool}}
     ordering: dict[str, dict[str, bool]] = {}
     for key, holds in d["ordering"].items():
@@ -137,19 +146,26 @@ def cifar_reference(d: dict) -> Lines:
 
 
 def cifar_reference_igcv3(d: dict) -> Lines:
+    """Seed 0's file and every other seed's (`--seed=N`: cifar_reference_igcv3_seed<N>.json),
+    one row per seed, and the mean difference."""
     out = ["## IGCV3 in igc-jax against PyTorch on real CIFAR-10", ""]
     out += source("cifar_reference_igcv3.json", "python -m benchmarks.cifar_reference_igcv3")
+    seeds = [s for s in [d] + [json.loads(p.read_text()) for p in
+                               sorted(RESULTS.glob(f"{IGCV3_SEEDS}*.json"))]
+             if s["rows"][0]["igc_jax"] and s["rows"][0]["pytorch"]]    # both sides finished
     out += [f"IGCV3-D (`experiments/cifar10_igcv3.py`) in igc-jax and pytorchcv's `igcv3_w1`: the "
             f"config's official recipe with its 480-epoch exponential schedule compressed into "
-            f"{d['epochs']} epochs, batch {d['batch']}, one job per core, side by side; one seed "
-            "a side, so a gap of this size is not attributable to either implementation.", ""]
-    rows = [(r["network"], f"`{r['init']}`", num(r["params"]), pct(r["igc_jax"]["final"]),
-             pct(r["pytorch"]["final"]),
-             f"{100 * (r['igc_jax']['final'] - r['pytorch']['final']):+.2f}",
-             f"{r['igc_jax']['images_per_sec']:.0f}", f"{r['pytorch']['images_per_sec']:.0f}")
-            for r in d["rows"]]
-    out += table(("network", "init", "params", "igc-jax top-1", "PyTorch top-1",
-                  "difference (points)", "igc-jax img/s", "PyTorch img/s"), rows)
+            f"{d['epochs']} epochs, batch {d['batch']}, one job per core, side by side; "
+            f"seed{'s' if len(seeds) > 1 else ''} "
+            f"{', '.join(str(s['seed']) for s in seeds)} (`--seed=N` writes "
+            f"`{IGCV3_SEEDS}<N>.json`).", ""]
+    rows = [s["rows"][0] for s in seeds]
+    out += table(("seed", *PAIR_HEADER), [(s["seed"], *pair_row(r))
+                                          for s, r in zip(seeds, rows)])
+    if len(rows) > 1:
+        diffs = [100 * (r["igc_jax"]["final"] - r["pytorch"]["final"]) for r in rows]
+        out += ["", f"Mean difference over {len(rows)} seeds: {sum(diffs) / len(diffs):+.2f} "
+                f"points (from {min(diffs):+.2f} to {max(diffs):+.2f})."]
     return out
 
 
@@ -562,7 +578,7 @@ def tpu_compile() -> Lines:
 def results_doc() -> str:
     sections: list[Lines] = []
     names = sorted(p.name for p in RESULTS.glob("*.json")
-                   if not p.name.startswith(LINKED_ONLY_PREFIX))
+                   if not p.name.startswith(LINKED_ONLY_PREFIX + FOLDED_PREFIX))
     for name, formatter in FORMATTERS.items():
         if name in names:
             sections.append(formatter(json.loads((RESULTS / name).read_text())))
