@@ -169,6 +169,22 @@ def cifar_reference_igcv3(d: dict) -> Lines:
     return out
 
 
+def igcv3_divergence(d: dict) -> Lines:
+    out = ["## IGCV3 on CIFAR-10: igc-jax and PyTorch from one start, step by step", ""]
+    out += source("igcv3_divergence.json", "python -m benchmarks.igcv3_divergence")
+    out += [f"{d['data'][:1].upper()}{d['data'][1:]}, batch {d['batch']}: one start and the same batches in igc-jax "
+            "(float32), PyTorch float32 and PyTorch float64. Distance from PyTorch float64's "
+            "parameters after each step, relative to how far those have moved from the start:",
+            ""]
+    shown = [r for r in d["rows"] if r["step"] in (1, 2, 3, 5, 10) or r is d["rows"][-1]]
+    out += table(("step", "igc-jax", "PyTorch float32", "ratio"),
+                 [(r["step"], f"{r['igc_jax_distance']:.2e}",
+                   f"{r['pytorch_float32_distance']:.2e}",
+                   f"{r['igc_jax_distance'] / r['pytorch_float32_distance']:.2f}")
+                  for r in shown])
+    return out
+
+
 def cifar10_budget(d: dict) -> Lines:
     out = ["## Four networks, one time budget, real CIFAR-10", ""]
     out += source("cifar10_budget.json", "python -m benchmarks.cifar_budget")
@@ -497,6 +513,7 @@ FORMATTERS: dict[str, Callable[[dict], Lines]] = {
     "quickstart.json": quickstart,
     "cifar_reference.json": cifar_reference,
     "cifar_reference_igcv3.json": cifar_reference_igcv3,
+    "igcv3_divergence.json": igcv3_divergence,
     "cifar10_budget.json": cifar10_budget,
     "cpu.json": cpu,
     "layer_modes.json": layer_modes,
