@@ -132,7 +132,8 @@ def trajectories(num_steps: int, batch: int, data_dir: Path | None = None) -> li
 
 def markdown(r: dict[str, Any]) -> str:
     lines = [f"# IGCV3-D 1.0 on CIFAR-10: igc-jax and PyTorch from one start ({r['date']})", "",
-             f"{r['data'][:1].upper()}{r['data'][1:]}, batch {r['batch']}, the recipe of `experiments/cifar10_igcv3.py` with "
+             f"{r['data'][:1].upper()}{r['data'][1:]}, batch {r['batch']}, the recipe of "
+             "`experiments/cifar10_igcv3.py` with "
              "`benchmarks/cifar_reference_igcv3.py`'s 8-epoch schedule; one start (igc-jax's "
              "initial variables) and the same batches on every side. Distance: ||θ − θ64|| over "
              "all parameters ÷ ||θ64 − θ0||, θ64 being PyTorch float64's parameters after the "

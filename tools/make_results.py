@@ -172,7 +172,8 @@ def cifar_reference_igcv3(d: dict) -> Lines:
 def igcv3_divergence(d: dict) -> Lines:
     out = ["## IGCV3 on CIFAR-10: igc-jax and PyTorch from one start, step by step", ""]
     out += source("igcv3_divergence.json", "python -m benchmarks.igcv3_divergence")
-    out += [f"{d['data'][:1].upper()}{d['data'][1:]}, batch {d['batch']}: one start and the same batches in igc-jax "
+    out += [f"{d['data'][:1].upper()}{d['data'][1:]}, batch {d['batch']}: one start and the "
+            "same batches in igc-jax "
             "(float32), PyTorch float32 and PyTorch float64. Distance from PyTorch float64's "
             "parameters after each step, relative to how far those have moved from the start:",
             ""]
