@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -163,9 +164,14 @@ def cifar_reference_igcv3(d: dict) -> Lines:
     out += table(("seed", *PAIR_HEADER), [(s["seed"], *pair_row(r))
                                           for s, r in zip(seeds, rows)])
     if len(rows) > 1:
+        def spread(side: str) -> str:
+            finals = [100 * r[side]["final"] for r in rows]
+            return (f"{statistics.mean(finals):.2f}% (standard deviation "
+                    f"{statistics.stdev(finals):.2f}, {min(finals):.2f}–{max(finals):.2f})")
         diffs = [100 * (r["igc_jax"]["final"] - r["pytorch"]["final"]) for r in rows]
-        out += ["", f"Mean difference over {len(rows)} seeds: {sum(diffs) / len(diffs):+.2f} "
-                f"points (from {min(diffs):+.2f} to {max(diffs):+.2f})."]
+        out += ["", f"Over {len(rows)} seeds: igc-jax {spread('igc_jax')}, PyTorch "
+                f"{spread('pytorch')}; mean difference {statistics.mean(diffs):+.2f} points "
+                f"(from {min(diffs):+.2f} to {max(diffs):+.2f})."]
     return out
 
 
