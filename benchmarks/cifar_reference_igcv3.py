@@ -33,7 +33,10 @@ factor, 0.98^480 ≈ 6e-5 (the last epoch trains at 0.045·0.98^420 ≈ 9e-6).
 Two jobs, run, resumed, skipped (benchmarks/results/cifar_reference_igcv3.json) and reported as
 benchmarks/cifar_reference.py does (its `Suite`), one per core. Results (per-epoch test top-1,
 final, train images/s, each result's commit): benchmarks/results/cifar_reference_igcv3.{json,md,
-png}.
+png}; `--seed=N` (N > 0) runs both sides from seed N into cifar_reference_igcv3_seed<N>.*.
+One run says little: this training is chaotic (benchmarks/igcv3_divergence.py: PyTorch float32
+and float64 from one start part within 3 steps), and finals of one side spread by 10 points
+over seeds; compare the sides over several seeds (docs/results.md gathers them).
 """
 from __future__ import annotations
 
