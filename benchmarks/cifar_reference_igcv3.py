@@ -35,7 +35,7 @@ benchmarks/cifar_reference.py does (its `Suite`), one per core. Results (per-epo
 final, train images/s, each result's commit): benchmarks/results/cifar_reference_igcv3.{json,md,
 png}; `--seed=N` (N > 0) runs both sides from seed N into cifar_reference_igcv3_seed<N>.*.
 One run says little: this training is chaotic (benchmarks/igcv3_divergence.py: PyTorch float32
-and float64 from one start part within 3 steps), and finals of one side spread by 10 points
+and float64 from one start part within 3 steps), and finals of one side spread by up to 10 points
 over seeds; compare the sides over several seeds (docs/results.md gathers them).
 """
 from __future__ import annotations
