@@ -99,12 +99,8 @@ def _torch_name(flax_name: str) -> str:
     return f"features.stage{s}.unit{u}.{conv}." + ("bn" if bn else "conv")
 
 
-def to_pytorchcv(variables: dict, width: float, num_classes: int = 1000):
-    """pytorchcv 0.0.74's IGCV3 at `width` holding exactly `variables` (every array once)."""
-    import torch
-    from pytorchcv.models import igcv3 as ptcv
-
-    net = ptcv.get_igcv3(width, num_classes=num_classes)
+def pytorchcv_state(variables: dict) -> dict[str, np.ndarray]:
+    """igc-jax's IGCV3 variables under pytorchcv's state-dict names, in its layouts."""
     state = {}
     for name, leaves in variables["params"].items():
         prefix = _torch_name(name)
@@ -118,6 +114,16 @@ def to_pytorchcv(variables: dict, width: float, num_classes: int = 1000):
                           f"{prefix}.bias": leaves["bias"]})
         else:       # HWIO (kh, kw, C_in/g, C_out) → OIHW; groups are contiguous blocks in both
             state[f"{prefix}.weight"] = np.asarray(leaves["kernel"]).transpose(3, 2, 0, 1)
+    return state
+
+
+def to_pytorchcv(variables: dict, width: float, num_classes: int = 1000):
+    """pytorchcv 0.0.74's IGCV3 at `width` holding exactly `variables` (every array once)."""
+    import torch
+    from pytorchcv.models import igcv3 as ptcv
+
+    net = ptcv.get_igcv3(width, num_classes=num_classes)
+    state = pytorchcv_state(variables)
     expected = {k for k in net.state_dict() if not k.endswith("num_batches_tracked")}
     if set(state) != expected:
         raise ValueError(f"pytorchcv has {sorted(expected - set(state))[:3]} unfilled, "

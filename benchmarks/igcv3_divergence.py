@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from benchmarks import cifar_reference_igcv3 as bench
-from benchmarks.igcv3 import _torch_name, to_pytorchcv
+from benchmarks.igcv3 import pytorchcv_state, to_pytorchcv
 from igc_jax import configs
 from igc_jax.igc.select import ModePlan
 from igc_jax.training import sharding, steps
@@ -63,25 +63,15 @@ def batches(config, data_dir: Path | None) -> Iterator[dict[str, np.ndarray]]:
                "label": rng.integers(0, 10, config.batch_size).astype(np.int32)}
 
 
-def _flat_jax(params: dict) -> np.ndarray:
-    """igc-jax's parameters as one float64 vector in PyTorch's layout, in a fixed order."""
-    out = []
-    for name, leaves in sorted(params.items()):
-        for key, a in sorted(leaves.items()):
-            a = np.asarray(a, np.float64)
-            a = a.T if name == "classifier" and key == "kernel" else (
-                a.transpose(3, 2, 0, 1) if key == "kernel" else a)
-            out.append(a.ravel())
-    return np.concatenate(out)
+def _flat_jax(params: dict, batch_stats: dict, names: list[str]) -> np.ndarray:
+    """igc-jax's parameters as one float64 vector: PyTorch's `names`, in their layouts."""
+    state = pytorchcv_state({"params": params, "batch_stats": batch_stats})
+    return np.concatenate([np.asarray(state[k], np.float64).ravel() for k in names])
 
 
-def _flat_torch(net, params: dict) -> np.ndarray:
-    """The PyTorch network's parameters in `_flat_jax`'s order."""
-    named = dict(net.named_parameters())
-    suffix = {"kernel": "weight", "scale": "weight", "bias": "bias"}
-    return np.concatenate([named[f"{_torch_name(name)}.{suffix[key]}"].detach().double()
-                           .numpy().ravel() for name, leaves in sorted(params.items())
-                           for key in sorted(leaves)])
+def _flat_torch(net) -> np.ndarray:
+    """The PyTorch network's parameters as one float64 vector, in `named_parameters` order."""
+    return np.concatenate([p.detach().double().numpy().ravel() for p in net.parameters()])
 
 
 def trajectories(num_steps: int, batch: int, data_dir: Path | None = None) -> list[dict[str, Any]]:
@@ -105,7 +95,8 @@ def trajectories(num_steps: int, batch: int, data_dir: Path | None = None) -> li
                               nesterov=False, weight_decay=bench.WEIGHT_DECAY)
         nets[name] = (net, opt, dtype)
     step_fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule))
-    theta0 = _flat_torch(nets["pytorch_float64"][0], start["params"])
+    names = [k for k, _ in nets["pytorch_float64"][0].named_parameters()]
+    theta0 = _flat_torch(nets["pytorch_float64"][0])
     rows = []
     for step, b in zip(range(num_steps), batches(config, data_dir)):
         state, metrics = step_fn(state, b)
@@ -121,11 +112,12 @@ def trajectories(num_steps: int, batch: int, data_dir: Path | None = None) -> li
             loss.backward()
             opt.step()
             row[f"{name}_loss"] = loss.item()
-        reference = _flat_torch(nets["pytorch_float64"][0], start["params"])
+        reference = _flat_torch(nets["pytorch_float64"][0])
         moved = float(np.linalg.norm(reference - theta0))
-        row["igc_jax_distance"] = float(np.linalg.norm(_flat_jax(state.params) - reference)) / moved
+        row["igc_jax_distance"] = float(np.linalg.norm(
+            _flat_jax(state.params, start["batch_stats"], names) - reference)) / moved
         row["pytorch_float32_distance"] = float(np.linalg.norm(
-            _flat_torch(nets["pytorch_float32"][0], start["params"]) - reference)) / moved
+            _flat_torch(nets["pytorch_float32"][0]) - reference)) / moved
         rows.append(row)
     return rows
 

@@ -137,8 +137,8 @@ def monotone_note(searches: list[dict[str, Any]]) -> str:
            if not consistent(r["max_batch"])]
     if not bad:
         return ("GB per chip is not monotone in the batch (the compiler's fusion and layout "
-                "choices change with it), but in every search below each batch compiled at or "
-                "under the largest that fits fit and each one above it did not.")
+                "choices change with it), but in every search below, each batch compiled at or "
+                "under the largest that fits did fit, and each one above it did not.")
     return ("GB per chip is not monotone in the batch; in " + ", ".join(bad) + " a batch under "
             "the largest that fits did not fit, or one above it did: that bracket is one "
             "boundary, not the only one.")
